@@ -139,9 +139,9 @@ def load_config(path: str | None, opts: Iterable[str] = ()) -> CN:
     yacs already refuses unknown keys and wrong types; we re-raise its errors as ConfigError
     naming the file, so the user sees which of the two layers was wrong.
     """
-    from kdharness.registry import load_plugins
+    from kdharness.registry import load_builtin_components
 
-    load_plugins()
+    load_builtin_components()
     cfg = get_cfg_defaults()
     if path:
         if not os.path.isfile(path):

@@ -11,6 +11,7 @@ signature a user would call by hand on a real mdistiller checkout.
 """
 from __future__ import annotations
 
+import os
 from importlib.metadata import entry_points
 from typing import Any, Callable, TypeVar
 
@@ -65,17 +66,29 @@ def register_dataset(name: str) -> Callable[[T], T]:
     return dataset_dict.register(name)
 
 
+def load_builtin_components() -> None:
+    """Import the host's own datasets, distillers, trainers and models (which register
+    themselves), then the installed plugins: a config can only be checked after that."""
+    import kdharness.data  # noqa: F401
+    import kdharness.distillers  # noqa: F401
+    import kdharness.engine.trainer  # noqa: F401
+    import kdharness.models  # noqa: F401
+
+    load_plugins()
+
+
 def load_plugins() -> list[str]:
     """Call every installed plugin's ``register(distiller_dict, CFG, trainer_dict)`` once.
 
-    Returns the names of the entry points that were loaded. A plugin that fails to import
+    Returns the names of the entry points that were loaded. Setting the environment
+    variable KDHARNESS_NO_PLUGINS=1 skips them (to tell a broken plugin from a host bug). A plugin that fails to import
     is an error, not a silent skip: a user who installed it expects its distillers to exist.
     """
     global _plugins_loaded
     from kdharness.config import CFG  # late import: config imports nothing from here
 
     loaded = []
-    if _plugins_loaded:
+    if _plugins_loaded or os.environ.get("KDHARNESS_NO_PLUGINS"):
         return loaded
     for entry in entry_points(group=PLUGIN_ENTRY_POINT_GROUP):
         try:

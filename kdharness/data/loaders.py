@@ -1,0 +1,107 @@
+"""From a config to the two DataLoaders the trainer iterates (mdistiller's ``get_dataset``).
+
+mdistiller returns ``(train_loader, val_loader, num_data, num_classes)`` in one call; we
+split it in two so that `tools/train.py` can build the datasets (and hand ``num_data`` to
+CRD-like distillers) before it knows the rank and world size of a distributed run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from kdharness.data.indexed import IndexedDataset, mix_seed
+from kdharness.data.sampler import EpochSampler
+from kdharness.data.transforms import build_transform
+from kdharness.registry import dataset_dict
+
+_LOADER_DOMAIN = 0x3C6EF372
+
+
+def uses_crd(cfg: Any) -> bool:
+    """Whether the train set must return CRD's contrastive indices.
+
+    True for ``DISTILLER.TYPE == "CRD"`` and for methods that run on top of CRD and say so
+    in their own node (``ICKD.BASE == "CRD"``); the host knows the plugin's node only by name.
+    """
+    if cfg.DISTILLER.TYPE == "CRD":
+        return True
+    return "ICKD" in cfg and cfg.ICKD.get("BASE", None) == "CRD"
+
+
+def build_datasets(cfg: Any) -> tuple[IndexedDataset, IndexedDataset, int]:
+    """``(train_set, val_set, num_classes)`` for ``cfg.DATASET``.
+
+    The train set is augmented and returns indices (plus CRD's when `uses_crd`); the val set
+    returns ``(image, target)`` with the test transform, as mdistiller's.
+    """
+    builder = dataset_dict[cfg.DATASET.TYPE]
+    raw_train, raw_val = builder(cfg, True), builder(cfg, False)
+    if raw_train.num_classes != raw_val.num_classes:
+        raise ValueError(
+            f"DATASET.TYPE = {cfg.DATASET.TYPE!r}: the train split has {raw_train.num_classes} classes "
+            f"and the val split {raw_val.num_classes}; check DATASET.ROOT = {cfg.DATASET.ROOT!r}"
+        )
+    crd = uses_crd(cfg)
+    train_set = IndexedDataset(
+        raw_train,
+        build_transform(cfg.DATASET.TYPE, train=True),
+        seed=cfg.EXPERIMENT.SEED,
+        with_index=True,
+        crd_k=cfg.CRD.NCE.K if crd else None,
+        crd_mode=cfg.CRD.MODE,
+    )
+    val_set = IndexedDataset(
+        raw_val, build_transform(cfg.DATASET.TYPE, train=False), seed=cfg.EXPERIMENT.SEED, with_index=False
+    )
+    return train_set, val_set, train_set.num_classes
+
+
+def _loader_generator(cfg: Any, tag: int) -> torch.Generator:
+    """DataLoader draws a base seed per iterator; a private generator keeps that draw off the
+    global RNG, so iterating a loader never shifts the model's random stream."""
+    generator = torch.Generator()
+    generator.manual_seed(mix_seed(_LOADER_DOMAIN, cfg.EXPERIMENT.SEED, tag))
+    return generator
+
+
+def build_loaders(
+    cfg: Any,
+    train_set: IndexedDataset,
+    val_set: IndexedDataset,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[DataLoader, DataLoader]:
+    """``(train_loader, val_loader)``; ``train_loader.sampler`` is the `EpochSampler`.
+
+    Train batches are ``SOLVER.BATCH_SIZE`` per rank, the last one possibly smaller
+    (mdistiller's ``shuffle=True`` loader does not drop it). Validation is sequential with
+    ``DATASET.TEST.BATCH_SIZE`` over the whole val set on every rank.
+    """
+    workers = int(cfg.DATASET.NUM_WORKERS)
+    common = dict(
+        num_workers=workers,
+        pin_memory=bool(cfg.DATASET.PIN_MEMORY) and torch.cuda.is_available(),
+        persistent_workers=bool(cfg.DATASET.PERSISTENT_WORKERS) and workers > 0,
+    )
+    sampler = EpochSampler(
+        len(train_set), seed=cfg.EXPERIMENT.SEED, shuffle=True, rank=rank, world_size=world_size, drop_last=False
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=int(cfg.SOLVER.BATCH_SIZE),
+        sampler=sampler,
+        drop_last=False,
+        generator=_loader_generator(cfg, 0),
+        **common,
+    )
+    val_loader = DataLoader(
+        val_set,
+        batch_size=int(cfg.DATASET.TEST.BATCH_SIZE),
+        shuffle=False,
+        drop_last=False,
+        generator=_loader_generator(cfg, 1),
+        **common,
+    )
+    return train_loader, val_loader

@@ -1,0 +1,12 @@
+"""mdistiller's distillers, registered by name in ``distiller_dict`` on import.
+
+Importing this package is what makes "NONE", "KD", "DKD" and "CRD" resolvable from
+``DISTILLER.TYPE``; plugins add theirs to the same dict.
+"""
+from kdharness.distillers import _base, crd, dkd, kd  # noqa: F401  (import registers)
+from kdharness.distillers._base import Distiller, Vanilla
+from kdharness.registry import distiller_dict
+
+distiller_dict["NONE"] = Vanilla
+
+__all__ = ["Distiller", "Vanilla", "distiller_dict"]

@@ -1,0 +1,77 @@
+"""From a validated config to a ready trainer: the body of `tools/train.py`, importable.
+
+Kept apart from the CLI so that sweeps, benchmarks and tests build runs exactly the way a
+user's command line does.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from kdharness import data as kd_data  # noqa: F401  (registers datasets)
+from kdharness import distillers  # noqa: F401  (registers distillers)
+from kdharness.data import build_datasets, build_loaders
+from kdharness.distillers._base import TEACHER_NONE, TEACHER_PRETRAINED
+from kdharness.engine import distributed
+from kdharness.engine.trainer import BaseTrainer  # noqa: F401  (registers the base trainer)
+from kdharness.engine.utils import log_msg, seed_everything
+from kdharness.models import create_model
+from kdharness.models.weights import load_weights, resolve_teacher_path
+from kdharness.registry import distiller_dict, load_plugins, trainer_dict
+
+
+def experiment_name(cfg, opts: Sequence[str] = ()) -> str:
+    """mdistiller's naming: PROJECT/(NAME or TAG) followed by the command-line overrides."""
+    name = cfg.EXPERIMENT.NAME or cfg.EXPERIMENT.TAG
+    extra = [f"{k}:{v}" for k, v in zip(opts[::2], opts[1::2])]
+    if extra:
+        name += "," + ",".join(extra)
+    return os.path.join(cfg.EXPERIMENT.PROJECT, name)
+
+
+def teacher_requirement(cfg) -> str:
+    cls = distiller_dict[cfg.DISTILLER.TYPE]
+    requirement = getattr(cls, "teacher_requirement", None)
+    return requirement(cfg) if requirement is not None else TEACHER_PRETRAINED
+
+
+def build_distiller(cfg, num_classes: int, num_data: int) -> nn.Module:
+    """Student, teacher (loaded, untrained or absent as the distiller asks) and the distiller."""
+    cls = distiller_dict[cfg.DISTILLER.TYPE]
+    student = create_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes)
+    requirement = teacher_requirement(cfg)
+    teacher = None
+    if requirement != TEACHER_NONE:
+        teacher = create_model(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE, num_classes)
+        if requirement == TEACHER_PRETRAINED:
+            path = resolve_teacher_path(cfg)
+            print(log_msg(f"Loading teacher {cfg.DISTILLER.TEACHER} from {path}", "INFO"))
+            load_weights(teacher, path)
+            teacher.requires_grad_(False)  # frozen: no gradients computed, none for DDP to wait on
+    kwargs: dict[str, Any] = {}
+    if "num_data" in inspect.signature(cls).parameters:
+        kwargs["num_data"] = num_data
+    return cls(student, teacher, cfg, **kwargs)
+
+
+def build_trainer(cfg, opts: Sequence[str] = (), device: str | None = None):
+    """Everything `tools/train.py` does before `trainer.train()`; returns the trainer."""
+    load_plugins()
+    rank, world_size = distributed.init_from_env()
+    seed_everything(cfg.EXPERIMENT.SEED)
+    train_set, val_set, num_classes = build_datasets(cfg)
+    train_loader, val_loader = build_loaders(cfg, train_set, val_set, rank=rank, world_size=world_size)
+    distiller = build_distiller(cfg, num_classes, len(train_set))
+    target = torch.device(device) if device else distributed.default_device()
+    distiller = distiller.to(target)
+    if cfg.SOLVER.CHANNELS_LAST:
+        distiller = distiller.to(memory_format=torch.channels_last)
+    extra = getattr(distiller, "get_extra_parameters", lambda: 0)()
+    if cfg.DISTILLER.TYPE != "NONE" and rank == 0:
+        print(log_msg(f"Extra parameters of {cfg.DISTILLER.TYPE}: {extra}", "INFO"))
+    distiller = distributed.wrap(distiller, target)
+    return trainer_dict[cfg.SOLVER.TRAINER](experiment_name(cfg, opts), distiller, train_loader, val_loader, cfg)

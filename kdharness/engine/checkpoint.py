@@ -1,0 +1,111 @@
+"""Checkpoints that are never half-written and never silently wrong.
+
+A checkpoint stays a plain ``torch.save`` dict (``torch.load(path)["model"]`` works, as in
+mdistiller), with one extra key, ``"_sha256"``: a digest over every tensor's bytes and every
+other value, in key order. ``torch.load`` notices a truncated file (the zip directory is at
+its end) but not a flipped byte inside a tensor; the digest catches both.
+
+Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the
+target, and the directory is fsync'ed: a crash leaves the old file or the new one, never a mix.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKSUM_KEY = "_sha256"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be trusted; the message names the file and why."""
+
+
+def _feed(digest: "hashlib._Hash", value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, np.ndarray):
+        digest.update(f"A{value.dtype}{value.shape}".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _feed(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[" if isinstance(value, list) else b"(")
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(repr(value).encode())
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """sha256 over the checkpoint's content, the checksum key itself excluded."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, nothing between."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: str) -> None:
+    """Atomically write `state` (plus its checksum) to `path`."""
+    state = dict(state)
+    state[CHECKSUM_KEY] = state_digest(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str, map_location: Any = "cpu", verify: bool = True) -> dict[str, Any]:
+    """Load a checkpoint, raising CheckpointError for a missing, truncated or corrupt file.
+
+    Files without a checksum (mdistiller's own, or a plain state_dict) load unverified.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or not a torch file): {error}") from error
+    if verify and isinstance(state, dict) and CHECKSUM_KEY in state:
+        expected = state.pop(CHECKSUM_KEY)
+        actual = state_digest(state)
+        if actual != expected:
+            raise CheckpointError(
+                f"checkpoint {path!r} is corrupt: content checksum {actual[:12]} != recorded {expected[:12]}"
+            )
+    elif isinstance(state, dict):
+        state.pop(CHECKSUM_KEY, None)
+    return state

@@ -1,0 +1,57 @@
+"""Top-1/top-5 of a checkpoint: `python tools/eval.py --cfg FILE --ckpt output/.../student_best`.
+
+Accepts a student checkpoint (weights under "model", as mdistiller writes them), a full
+trainer checkpoint (the student is taken from the distiller's state) or a plain state_dict.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from kdharness.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser("evaluate a trained model")
+    parser.add_argument("--cfg", required=True)
+    parser.add_argument("--ckpt", required=True, help="checkpoint path")
+    parser.add_argument("--model", choices=("student", "teacher"), default="student",
+                        help="which config model the checkpoint holds (DISTILLER.STUDENT or DISTILLER.TEACHER)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.cfg, args.opts)
+        from torch.utils.data import DataLoader
+
+        from kdharness.data import IndexedDataset, build_transform
+        from kdharness.registry import dataset_dict
+        from kdharness.engine.checkpoint import load_checkpoint
+        from kdharness.engine.trainer import validate
+        from kdharness.distillers._base import Vanilla
+        from kdharness.models import create_model
+        from kdharness.models.weights import load_weights
+
+        raw_val = dataset_dict[cfg.DATASET.TYPE](cfg, False)
+        val_set = IndexedDataset(raw_val, build_transform(cfg.DATASET.TYPE, train=False), with_index=False)
+        num_classes = val_set.num_classes
+        name = cfg.DISTILLER.STUDENT if args.model == "student" else cfg.DISTILLER.TEACHER
+        model = create_model(name, cfg.DATASET.TYPE, num_classes)
+        state = load_checkpoint(args.ckpt)
+        weights = state.get("model", state)
+        if any(k.startswith("student.") for k in weights):  # a full distiller checkpoint
+            weights = {k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")}
+        load_weights(model, args.ckpt, state_dict=weights)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        val_loader = DataLoader(val_set, batch_size=cfg.DATASET.TEST.BATCH_SIZE, num_workers=cfg.DATASET.NUM_WORKERS)
+        top1, top5, loss = validate(val_loader, Vanilla(model).to(device), device)
+    except (ConfigError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{name} on {cfg.DATASET.TYPE}: top-1 {top1:.2f}  top-5 {top5:.2f}  loss {loss:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

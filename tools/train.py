@@ -1,0 +1,32 @@
+"""Train a student, as in mdistiller: `python tools/train.py --cfg FILE [KEY VALUE ...]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdharness.config import ConfigError, load_config
+from kdharness.engine.checkpoint import CheckpointError
+from kdharness.engine.utils import log_msg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser("training for knowledge distillation.")
+    parser.add_argument("--cfg", type=str, required=True, help="YAML config, e.g. configs/cifar100/kd/res32x4_res8x4.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue from the run directory's newest intact checkpoint")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.EPOCHS 10")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.cfg, args.opts)
+        from kdharness.engine.build import build_trainer
+
+        print(log_msg(f"CONFIG:\n{cfg.dump()}", "INFO"))
+        trainer = build_trainer(cfg, args.opts or [])
+        trainer.train(resume=args.resume)
+    except (ConfigError, CheckpointError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
