@@ -1,0 +1,189 @@
+"""Teacher checkpoints: where they are (mdistiller's layout or DISTILLER.TEACHER_WEIGHTS) and loading them.
+
+mdistiller's published CIFAR teachers are ``{"model": state_dict, ...}`` files under
+``download_ckpts/cifar_teachers/<name>_vanilla/ckpt_epoch_240.pth``; other tools save a
+``"state_dict"`` entry, a bare state_dict, or keys prefixed by DataParallel (``module.``) or
+by a distiller (``student.``). All of those load here. Every failure says which config key
+and file are involved and what was expected, since a wrong teacher file is the most common
+way a distillation run silently goes wrong.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+from yacs.config import CfgNode
+
+from kdharness.config import ConfigError
+from kdharness.engine.checkpoint import CheckpointError  # the one error for unusable checkpoint files
+
+TEACHER_KEY = "DISTILLER.TEACHER_WEIGHTS"
+CIFAR_TEACHER_DIR = os.path.join("download_ckpts", "cifar_teachers")
+MDISTILLER_LAYOUT = os.path.join(CIFAR_TEACHER_DIR, "<TEACHER>_vanilla", "ckpt_epoch_240.pth")
+
+# How many names of each kind of mismatch an error message shows.
+_SHOW = 5
+
+__all__ = [
+    "CheckpointError",
+    "MDISTILLER_LAYOUT",
+    "extract_state_dict",
+    "load_teacher_weights",
+    "load_weights",
+    "resolve_teacher_path",
+]
+
+
+def resolve_teacher_path(cfg: CfgNode) -> str:
+    """``DISTILLER.TEACHER_WEIGHTS`` if set; else mdistiller's path for CIFAR-100 teachers.
+
+    The default is relative to the working directory, as in mdistiller (which runs from its
+    repository root). Only CIFAR-100 has such a layout; other datasets must name the file.
+    """
+    explicit = cfg.DISTILLER.TEACHER_WEIGHTS
+    if explicit:
+        return os.path.expanduser(explicit)
+    dataset_type = cfg.DATASET.TYPE
+    if dataset_type == "cifar100":
+        return os.path.join(CIFAR_TEACHER_DIR, f"{cfg.DISTILLER.TEACHER}_vanilla", "ckpt_epoch_240.pth")
+    raise ConfigError(
+        f"{TEACHER_KEY} is empty and DATASET.TYPE = {dataset_type!r} has no default teacher location "
+        f"(only cifar100 uses mdistiller's {MDISTILLER_LAYOUT}); set {TEACHER_KEY} to the checkpoint "
+        f"of {cfg.DISTILLER.TEACHER!r}, e.g. torchvision's ImageNet weights for imagenet"
+    )
+
+
+def load_teacher_weights(model: nn.Module, cfg: CfgNode) -> str:
+    """Load the teacher checkpoint that ``cfg`` points to into ``model``; returns the path used."""
+    path = resolve_teacher_path(cfg)
+    load_weights(model, path, key_name=TEACHER_KEY)
+    return path
+
+
+def load_weights(
+    model: nn.Module,
+    path: str,
+    key_name: str = TEACHER_KEY,
+    *,
+    state_dict: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Load the checkpoint at ``path`` into ``model`` (strictly); ``key_name`` is the config key named in errors.
+
+    A caller that has already read (and perhaps filtered) the checkpoint passes it as
+    ``state_dict``; ``path`` then only names the source in messages.
+    """
+    checkpoint = _read_checkpoint(path, key_name) if state_dict is None else state_dict
+    state_dict = extract_state_dict(checkpoint, path)
+    _check_compatible(model, state_dict, path, key_name)
+    model.load_state_dict(state_dict, strict=False)  # strictness checked above, num_batches_tracked aside
+    return model
+
+
+def _read_checkpoint(path: str, key_name: str) -> Any:
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{key_name} = {path!r}: no such file (working directory {os.getcwd()!r}). "
+            f"mdistiller's CIFAR-100 teachers are expected at {MDISTILLER_LAYOUT}: download "
+            "cifar_teachers.tar from mdistiller's GitHub release and unpack it into download_ckpts/, "
+            f"or set {key_name} to the checkpoint file"
+        )
+    if os.path.isdir(path):
+        raise CheckpointError(f"{key_name} = {path!r} is a directory; expected a checkpoint file (.pth)")
+    try:
+        # weights_only: a checkpoint is data, never code to run.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error)
+        if "weights_only" in text or "Weights only load failed" in text:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{key_name} = {path!r} holds Python objects{what} besides tensors and plain containers; "
+                "they are not unpickled, since that could run arbitrary code. If you trust the file, "
+                "allow-list them with torch.serialization.add_safe_globals([...]) before loading, or "
+                "re-save only the weights: torch.save({'model': state_dict}, path)"
+            ) from error
+        raise CheckpointError(f"{key_name} = {path!r} is not a readable PyTorch checkpoint ({error})") from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            f"{key_name} = {path!r} is not a readable PyTorch checkpoint (truncated or corrupt download?): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+
+def extract_state_dict(checkpoint: Any, path: str = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The model weights inside ``checkpoint``, with wrapper prefixes removed.
+
+    Accepts mdistiller's ``{"model": ...}``, ``{"state_dict": ...}`` or a bare state_dict;
+    strips DataParallel/DDP's ``module.`` and then a distiller's ``student.`` when every key
+    carries it.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{path!r} holds a {type(checkpoint).__name__}, not a dict of weights")
+    state_dict: Any = checkpoint
+    for entry in ("model", "state_dict"):
+        if isinstance(checkpoint.get(entry), Mapping):
+            state_dict = checkpoint[entry]
+            break
+    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    if not tensors or not all(isinstance(k, str) for k in tensors):
+        raise CheckpointError(
+            f"{path!r} has no weights: expected a state_dict, or one under 'model' (mdistiller) or "
+            f"'state_dict'; top-level keys: {_preview(list(map(str, checkpoint)))}"
+        )
+    if len(tensors) != len(state_dict):
+        others = [k for k in state_dict if k not in tensors]
+        raise CheckpointError(f"{path!r}: the state_dict has non-tensor entries: {_preview(others)}")
+    for prefix in ("module.", "student."):
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _check_compatible(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str, key_name: str) -> None:
+    expected = model.state_dict()
+    # Checkpoints from before PyTorch 0.4.1 lack BN's counters; they do not affect the model.
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {_preview(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {_preview(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches: {_preview(mismatched)}")
+    hint = ""
+    if unexpected and any(k.startswith(("student.", "teacher.")) for k in unexpected):
+        hint = " It looks like a whole-distiller checkpoint; save or pass the student/teacher weights alone."
+    arch, num_classes = _describe(model)
+    raise CheckpointError(
+        f"{key_name} = {path!r} does not fit the model: {'; '.join(parts)}. "
+        f"Is this a checkpoint of {arch} with {num_classes} classes?{hint}"
+    )
+
+
+def _describe(model: nn.Module) -> tuple[str, str]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture") or type(model).__name__
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None and hasattr(model, "get_classifier"):
+        num_classes = getattr(model.get_classifier(), "out_features", None)
+    return arch, str(num_classes if num_classes is not None else "?")
+
+
+def _preview(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOW])
+    return shown + (f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
