@@ -24,10 +24,23 @@ from kdharness.models.weights import load_weights, resolve_teacher_path
 from kdharness.registry import distiller_dict, load_plugins, trainer_dict
 
 
+# Overrides that say where things are or how fast they run, not what is trained: left out of
+# the run directory's name (mdistiller appends every override, so a path would nest folders).
+NON_NAMING_KEYS = (
+    "LOG.", "DATASET.ROOT", "DATASET.NUM_WORKERS", "DATASET.PIN_MEMORY", "DATASET.PERSISTENT_WORKERS",
+    "DATASET.DOWNLOAD", "DATASET.TEST.BATCH_SIZE", "DISTILLER.TEACHER_WEIGHTS", "ICKD.BANK.CACHE_DIR",
+    "ICKD.BANK.DEVICE",
+)
+
+
 def experiment_name(cfg, opts: Sequence[str] = ()) -> str:
     """mdistiller's naming: PROJECT/(NAME or TAG) followed by the command-line overrides."""
     name = cfg.EXPERIMENT.NAME or cfg.EXPERIMENT.TAG
-    extra = [f"{k}:{v}" for k, v in zip(opts[::2], opts[1::2])]
+    extra = [
+        f"{k}:{str(v).replace(os.sep, '_')}"
+        for k, v in zip(opts[::2], opts[1::2])
+        if not k.startswith(NON_NAMING_KEYS) and k != "EXPERIMENT.NAME"
+    ]
     if extra:
         name += "," + ",".join(extra)
     return os.path.join(cfg.EXPERIMENT.PROJECT, name)
