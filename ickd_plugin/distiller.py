@@ -1,0 +1,395 @@
+"""The ICKD distiller: any registered base distiller plus PICD and NICD from retrieved in-context samples.
+
+One training step runs the teacher once (with a hook on its classifier, which yields the
+sample's pooled feature next to its logits) and the student once (inside the base
+distiller). The base sees the teacher's output through a replay module that returns the
+cached result, so a KD/DKD/CRD base costs no second teacher pass. The teacher's features
+query the memory bank; the retrieved bank features go through the teacher's classifier to
+give in-context logits, from which PICD and NICD are computed (docs/method.md).
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ickd_plugin.config import TEACHER_REQUIREMENT, ICKDOptions, parse_ickd_config
+from ickd_plugin.features import ClassifierTap, find_classifier
+from ickd_plugin.losses import (
+    aggregate_context_logits,
+    context_weights,
+    mutual_kd_loss,
+    nicd_loss,
+    picd_loss,
+    warmup_factor,
+)
+from ickd_plugin.memory_bank import (
+    MemoryBank,
+    all_gather_rows,
+    bank_cache_key,
+    cache_path,
+    dist_world,
+    extract_features,
+    load_bank_cache,
+    no_augmentation_view,
+    save_bank_cache,
+)
+from ickd_plugin.retrieval import retrieve
+
+# Where make_ickd_trainer leaves the batch's dataset indices for trainers that do not pass them.
+INDEX_STASH = "_ickd_index"
+
+
+class DistillerBase(nn.Module):
+    """mdistiller's Distiller protocol (student + teacher; forward dispatches on training mode)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+
+    def train(self, mode: bool = True) -> "DistillerBase":
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        self.training = mode
+        for module in self.children():
+            module.train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def get_learnable_parameters(self) -> list[nn.Parameter]:
+        return list(self.student.parameters())
+
+    def get_extra_parameters(self) -> int:
+        return 0
+
+    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
+        raise NotImplementedError
+
+    def forward_test(self, image: torch.Tensor) -> torch.Tensor:
+        return self.student(image)[0]
+
+    def forward(self, **kwargs: Any):
+        if self.training:
+            return self.forward_train(**kwargs)
+        return self.forward_test(kwargs["image"])
+
+
+class _Replay(nn.Module):
+    """Stands in for the teacher inside the base distiller: returns this step's cached output, detached."""
+
+    def __init__(self, logits: torch.Tensor, feats: Any) -> None:
+        super().__init__()
+        self.output = (logits.detach(), _detach_tree(feats))
+
+    def forward(self, *args: Any, **kwargs: Any):
+        return self.output
+
+
+def _detach_tree(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.detach()
+    if isinstance(value, dict):
+        return {key: _detach_tree(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detach_tree(item) for item in value)
+    return value
+
+
+def build_base_distiller(
+    base_cls: Any, student: nn.Module, teacher: nn.Module | None, cfg: Any, num_data: int | None
+) -> nn.Module:
+    """Construct a base the way its constructor asks: ``(student)``, ``(student, teacher)``,
+    ``(student, teacher, cfg)``, plus ``num_data`` when it takes one (CRD)."""
+    params = list(inspect.signature(base_cls).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    count = 3 if takes_varargs else min(3, len(positional))
+    args = [student, teacher, cfg][:count]
+    kwargs = {}
+    names = {p.name for p in params}
+    if "num_data" in names:
+        num_data_param = next(p for p in params if p.name == "num_data")
+        if num_data is not None:
+            kwargs["num_data"] = num_data
+        elif num_data_param.default is inspect.Parameter.empty:
+            raise ValueError(
+                f"ICKD.BASE {getattr(base_cls, '__name__', base_cls)} needs num_data (the training-set "
+                "size); build ICKD with num_data=len(train_set), as for CRD"
+            )
+    return base_cls(*args, **kwargs)
+
+
+def _share_without_owning(base: nn.Module, name: str, module: nn.Module | None) -> None:
+    """Keep `base.<name>` pointing at `module` but out of base's submodules.
+
+    ICKD owns the student and teacher itself (state_dict keys `student.*` / `teacher.*`, as
+    any mdistiller distiller), so they must not appear a second time under `base.`.
+    """
+    if module is not None and base._modules.get(name) is module:
+        del base._modules[name]
+        base.__dict__[name] = module
+
+
+class ICKD(DistillerBase):
+    """In-Context Knowledge Distillation on top of the distiller named by ICKD.BASE.
+
+    Use the class returned by `ickd_distiller_class(distiller_dict)` (what `register()` puts
+    in `distiller_dict["ICKD"]`): it knows the registry in which to look ICKD.BASE up.
+    """
+
+    registry: ClassVar[Mapping[str, Any] | None] = None
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any, num_data: int | None = None) -> None:
+        registry = type(self).registry
+        if registry is None:
+            raise TypeError("use ickd_plugin.register(distiller_dict, CFG) and distiller_dict['ICKD'], not ICKD itself")
+        opts = parse_ickd_config(cfg.ICKD, registry)
+        if opts.paradigm == "teacher_free":
+            if teacher is not None:
+                warnings.warn("ICKD.PARADIGM teacher_free ignores the given teacher", stacklevel=2)
+            teacher = None
+        elif teacher is None:
+            raise ValueError(
+                f"ICKD.PARADIGM {opts.paradigm} distils from a teacher, but none was given; "
+                "set DISTILLER.TEACHER (or ICKD.PARADIGM teacher_free)"
+            )
+        super().__init__(student, teacher)
+        if opts.paradigm == "offline":
+            # Frozen: no gradient is ever wanted, and DDP must not wait for one.
+            teacher.requires_grad_(False)
+        self.opts: ICKDOptions = opts
+        self.base = build_base_distiller(registry[opts.base], student, teacher, cfg, num_data)
+        _share_without_owning(self.base, "student", student)
+        _share_without_owning(self.base, "teacher", teacher)
+        self.bank = MemoryBank(opts.bank_dtype, persistent=opts.paradigm != "offline")
+        self._pending_refresh: tuple[torch.Tensor, torch.Tensor] | None = None
+        find_classifier(student)
+        find_classifier(self.bank_model)
+
+    # ------------------------------------------------------------------ protocol
+
+    @classmethod
+    def teacher_requirement(cls, cfg: Any) -> str:
+        """What the harness must build as teacher: pretrained (offline), scratch (online), none (teacher-free)."""
+        node = getattr(cfg, "ICKD", None)
+        paradigm = node.PARADIGM if node is not None else "offline"
+        return TEACHER_REQUIREMENT.get(paradigm, "pretrained")
+
+    @property
+    def bank_model(self) -> nn.Module:
+        """The network whose features fill the bank: the teacher, or the student when teacher-free."""
+        return self.teacher if self.teacher is not None else self.student
+
+    def train(self, mode: bool = True) -> "ICKD":
+        super().train(mode)  # children: student, teacher, base, bank; the base may set its teacher to eval
+        if self.teacher is not None:
+            self.teacher.train(mode and self.opts.paradigm == "online")
+        return self
+
+    def get_learnable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.base.get_learnable_parameters())
+        if self.opts.paradigm == "online":
+            params += list(self.teacher.parameters())
+        seen: set[int] = set()
+        return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+
+    def get_extra_parameters(self) -> int:
+        getter = getattr(self.base, "get_extra_parameters", None)
+        return int(getter()) if callable(getter) else 0
+
+    def trainer_hooks(self) -> "ICKDHooks":
+        """The object the trainer calls: before_train (fills the bank), after_step (refreshes it)."""
+        return ICKDHooks(self)
+
+    # ------------------------------------------------------------------ the bank
+
+    def _bank_device(self) -> torch.device:
+        if self.opts.bank_device == "cpu":
+            return torch.device("cpu")
+        if self.opts.bank_device == "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        return next(self.bank_model.parameters()).device
+
+    def build_bank(self, trainer: Any) -> None:
+        """Fill the bank from the training set seen without augmentation (idempotent).
+
+        Offline: reuse the bank if already built for the same key, else a valid cache file,
+        else run the teacher over the data (and write the cache). Online / teacher-free: the
+        initial bank comes from the untrained network; a bank restored from a checkpoint is kept.
+        """
+        model = self.bank_model
+        classifier = find_classifier(model)
+        view = no_augmentation_view(trainer.train_loader.dataset, trainer.val_loader.dataset)
+        device = self._bank_device()
+        offline = self.opts.paradigm == "offline"
+        key = bank_cache_key(model, view, self.opts.bank_dtype) if offline else None
+        if self.bank.is_built and (not offline or self.bank.key == key):
+            self.bank.to(device)
+            self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
+            return
+        path = cache_path(self.opts.cache_dir, key) if offline and self.opts.use_cache else None
+        cached = load_bank_cache(path, key) if path else None
+        if dist_world()[1] > 1 and path:  # every rank must take the same branch (building is collective)
+            flag = torch.tensor([int(cached is not None)], device=next(model.parameters()).device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            cached = cached if int(flag.item()) else None
+        if cached is not None:
+            features, labels, indices = cached
+        else:
+            num_workers = int(getattr(trainer.train_loader, "num_workers", 0))
+            features, labels, indices = extract_features(model, classifier, view, self.opts.bank_batch_size, num_workers)
+        self.bank.fill(features, labels, indices, classifier.out_features, device, key=key)
+        self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
+        if path and cached is None and dist_world()[0] == 0:
+            save_bank_cache(path, key, self.bank.features, self.bank.labels, indices.sort().values)
+
+    def refresh_bank(self) -> None:
+        """Online / teacher-free: blend the last step's features into their rows (all ranks alike)."""
+        if self._pending_refresh is None:
+            return
+        index, features = self._pending_refresh
+        self._pending_refresh = None
+        index = all_gather_rows(index.to(features.device).long())
+        features = all_gather_rows(features)
+        self.bank.refresh(self.bank.rows_for(index), features, self.opts.bank_momentum)
+
+    # ------------------------------------------------------------------ the step
+
+    def _take_index(self, kwargs: dict) -> torch.Tensor:
+        index = kwargs.get("index")
+        if index is None:
+            index = self.__dict__.pop(INDEX_STASH, None)
+        else:
+            self.__dict__.pop(INDEX_STASH, None)
+        if index is None:
+            raise ValueError(
+                "ICKD needs each sample's dataset index (to exclude the sample from its own positives "
+                "and to refresh the bank): call distiller(image=..., target=..., index=..., epoch=...), "
+                'or with mdistiller\'s trainers set SOLVER.TRAINER "ickd" (or "ickd_crd" for a CRD base)'
+            )
+        return index
+
+    @contextmanager
+    def _replay_teacher(self, logits: torch.Tensor, feats: Any) -> Iterator[None]:
+        """Let the base call `self.teacher(image)` and get this step's teacher output for free."""
+        if self.base.__dict__.get("teacher") is not self.teacher or self.teacher is None:
+            yield
+            return
+        self.base.__dict__["teacher"] = _Replay(logits, feats)
+        try:
+            yield
+        finally:
+            self.base.__dict__["teacher"] = self.teacher
+
+    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
+        if not self.bank.is_built:
+            raise RuntimeError(
+                "the ICKD memory bank is empty: the trainer must call distiller.trainer_hooks().before_train"
+                '(trainer) before training (mdistiller: set SOLVER.TRAINER "ickd")'
+            )
+        index = self._take_index(kwargs)
+        if index.shape[0] != image.shape[0]:
+            raise ValueError(
+                f"ICKD got {index.shape[0]} dataset indices for {image.shape[0]} images; with mdistiller's "
+                "trainer this happens under multi-GPU DataParallel, which splits the images but not the "
+                "stashed indices: train on one GPU per process (DDP) instead"
+            )
+        scale = warmup_factor(kwargs.get("epoch"), self.opts.warmup)
+        kwargs["index"] = index
+        paradigm = self.opts.paradigm
+        if paradigm == "teacher_free":
+            classifier = find_classifier(self.student)
+            with ClassifierTap(classifier) as tap:
+                logits_student, losses = self.base.forward_train(image=image, target=target, **kwargs)
+            query, own_logits = tap.features.detach(), logits_student.detach()
+        else:
+            classifier = find_classifier(self.teacher)
+            with ClassifierTap(classifier) as tap, torch.set_grad_enabled(paradigm == "online" and torch.is_grad_enabled()):
+                logits_teacher, feats_teacher = self.teacher(image)
+            query, own_logits = tap.features.detach(), logits_teacher.detach()
+            with self._replay_teacher(logits_teacher, feats_teacher):
+                logits_student, losses = self.base.forward_train(image=image, target=target, **kwargs)
+        losses = dict(losses)
+        loss_picd, loss_nicd = self.in_context_losses(query, target, index, logits_student, own_logits, classifier)
+        losses["loss_picd"] = scale * self.opts.picd_weight * loss_picd
+        losses["loss_nicd"] = scale * self.opts.nicd_weight * loss_nicd
+        if paradigm == "online":
+            losses["loss_teacher_ce"] = self.opts.online_ce_weight * F.cross_entropy(logits_teacher, target)
+            losses["loss_teacher_kd"] = self.opts.online_mutual_weight * mutual_kd_loss(
+                logits_teacher, logits_student, self.opts.temperature
+            )
+        if paradigm != "offline":
+            self._pending_refresh = (index, query)
+        return logits_student, losses
+
+    def in_context_losses(
+        self,
+        query: torch.Tensor,
+        target: torch.Tensor,
+        index: torch.Tensor,
+        logits_student: torch.Tensor,
+        own_logits: torch.Tensor,
+        classifier: nn.Linear,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(PICD, NICD) for the batch: retrieve, classify the retrieved bank features, compare."""
+        opts, bank = self.opts, self.bank
+        device = bank.features.device
+        # Retrieval and the in-context logits are constants of the step: no graph, and full
+        # precision even under autocast, so that the ranking does not depend on AMP.
+        with torch.no_grad(), torch.autocast(device_type=logits_student.device.type, enabled=False):
+            found = retrieve(
+                query.to(device),
+                target.to(device, non_blocking=True).long(),
+                bank.rows_for(index),
+                bank.features,
+                bank.inv_norms,
+                bank.labels,
+                bank.class_rows,
+                opts.k,
+                opts.n,
+                all_same_class=opts.all_same_class,
+                chunk_size=opts.bank_chunk_size,
+            )
+            weight, bias = classifier.weight.detach(), None if classifier.bias is None else classifier.bias.detach()
+            out = logits_student.device
+            positives = bank.features[found.pos_rows].to(out, weight.dtype)
+            negatives = bank.features[found.neg_rows].to(out, weight.dtype)
+            weights = context_weights(found.pos_sim.to(out), opts.tau)
+            context_logits = aggregate_context_logits(weights, positives, weight, bias)
+            negative_logits = F.linear(negatives, weight, bias)
+        loss_picd = picd_loss(logits_student, context_logits, own_logits, opts.beta1, opts.temperature)
+        loss_nicd = nicd_loss(logits_student, negative_logits, opts.beta2, opts.temperature)
+        return loss_picd, loss_nicd
+
+
+class ICKDHooks:
+    """Trainer hooks of one ICKD distiller (the host calls them; `make_ickd_trainer` does for mdistiller).
+
+    Iterating over it yields itself, so a trainer that expects `trainer_hooks()` to return a
+    list of hook objects works as well as one that expects a single object.
+    """
+
+    def __init__(self, distiller: ICKD) -> None:
+        self.distiller = distiller
+
+    def __iter__(self) -> Iterator["ICKDHooks"]:
+        yield self
+
+    def before_train(self, trainer: Any) -> None:
+        self.distiller.build_bank(trainer)
+
+    def after_step(self, trainer: Any, step: int | None = None, losses: Any = None) -> None:
+        self.distiller.refresh_bank()
+
+
+def ickd_distiller_class(distiller_dict: Mapping[str, Any]) -> type[ICKD]:
+    """An ICKD subclass that looks ICKD.BASE up in `distiller_dict`."""
+    return type("ICKD", (ICKD,), {"registry": distiller_dict, "__module__": __name__, "__qualname__": "ICKD"})

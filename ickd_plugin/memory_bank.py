@@ -1,0 +1,372 @@
+"""The memory bank: one pooled feature per training sample, how it is filled, cached and refreshed.
+
+Offline, the bank is a function of the frozen teacher and the training set only, and filling
+it costs a pass over the data; so it is cached on disk under a key that changes whenever the
+teacher's weights, the dataset, the no-augmentation transform or the storage dtype change.
+The cache is written atomically and checksummed: a stale, truncated or corrupt file is
+reported and rebuilt, never used.
+
+Online and teacher-free, the bank changes every step; it lives in registered buffers so a
+checkpoint carries it and a resumed run continues from exactly the same bank.
+
+Rows are ordered by dataset index, so ties in retrieval ("lower bank row") mean "lower
+dataset index" and the bank is identical on every rank of a distributed run.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import re
+import warnings
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from ickd_plugin.features import ClassifierTap
+
+CACHE_FORMAT = "ickd-bank-v1"
+_BUFFERS = ("features", "inv_norms", "labels", "row_of_index", "class_rows")
+
+
+class MemoryBank(nn.Module):
+    """Features ``H [R, D]``, ``1/|H_r|``, labels, dataset-index -> row map, class -> rows table.
+
+    All state is in buffers (persistent or not, as the paradigm needs). They start empty;
+    `fill` sets them, and loading a state dict resizes them to the checkpoint's shapes.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32, persistent: bool = False) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.key: str | None = None  # what the bank was built from (offline cache key)
+        self.register_buffer("features", torch.empty(0, 0, dtype=dtype), persistent=persistent)
+        self.register_buffer("inv_norms", torch.empty(0), persistent=persistent)
+        self.register_buffer("labels", torch.empty(0, dtype=torch.long), persistent=persistent)
+        self.register_buffer("row_of_index", torch.empty(0, dtype=torch.long), persistent=persistent)
+        self.register_buffer("class_rows", torch.empty(0, 0, dtype=torch.long), persistent=persistent)
+
+    @property
+    def is_built(self) -> bool:
+        return self.features.shape[0] > 0
+
+    @property
+    def num_rows(self) -> int:
+        return self.features.shape[0]
+
+    def fill(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor,
+        num_classes: int,
+        device: torch.device | str,
+        key: str | None = None,
+    ) -> None:
+        """Set the bank from per-sample features, labels and dataset indices (any order)."""
+        order = torch.argsort(indices.long())
+        indices = indices.long()[order].to(device)
+        labels = labels.long()[order].to(device)
+        features = features[order].to(device=device, dtype=self.dtype)
+        if indices.numel() and torch.unique(indices).numel() != indices.numel():
+            raise ValueError("the training set returned the same dataset index for two samples")
+        num_classes = max(int(num_classes), int(labels.max()) + 1 if labels.numel() else 0)
+        row_of_index = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long, device=device)
+        row_of_index[indices] = torch.arange(indices.numel(), device=device)
+        self.features = features
+        self.inv_norms = _inverse_norms(features)
+        self.labels = labels
+        self.row_of_index = row_of_index
+        self.class_rows = class_row_table(labels, num_classes)
+        self.key = key
+
+    def rows_for(self, index: torch.Tensor) -> torch.Tensor:
+        """Bank row of each dataset index (-1 for an index the bank does not hold)."""
+        return self.row_of_index[index.to(self.row_of_index.device, non_blocking=True).long()]
+
+    def class_sizes(self) -> list[int]:
+        return (self.class_rows >= 0).sum(dim=1).tolist()
+
+    def check_capacity(self, k: int, n: int, all_same_class: bool) -> None:
+        """Fail before training when some sample could not get K positives or N negatives."""
+        sizes = self.class_sizes()
+        present = [(size, c) for c, size in enumerate(sizes) if size > 0]
+        if not present:
+            raise ValueError("the memory bank is empty: the training set has no samples")
+        smallest, smallest_class = min(present)
+        largest = max(size for size, _ in present)
+        if all_same_class:
+            if smallest < 2:
+                raise ValueError(
+                    f"ICKD.ALL_SAME_CLASS needs every class to have another sample, but class "
+                    f"{smallest_class} has only {smallest} training sample"
+                )
+        elif k > smallest - 1:
+            raise ValueError(
+                f"ICKD.K = {k} is larger than the smallest class size minus the sample itself: class "
+                f"{smallest_class} has {smallest} training samples, so K <= {smallest - 1}; lower ICKD.K "
+                f"or set ICKD.ALL_SAME_CLASS True to use every same-class sample"
+            )
+        others = self.num_rows - largest
+        if n > others:
+            raise ValueError(
+                f"ICKD.N = {n} is larger than the number of other-class samples of the largest class "
+                f"({others}); lower ICKD.N to at most {others}"
+            )
+
+    @torch.no_grad()
+    def refresh(self, rows: torch.Tensor, new_features: torch.Tensor, momentum: float) -> None:
+        """``H_r <- m * H_r + (1 - m) * h_new`` for each row, and its norm; rows < 0 are left alone."""
+        rows = rows.to(self.features.device).long()
+        new_features = new_features.to(self.features.device)
+        known = (rows >= 0)[:, None]
+        safe_rows = rows.clamp(min=0)
+        current = self.features[safe_rows].float()
+        updated = momentum * current + (1.0 - momentum) * new_features.float()
+        stored = torch.where(known, updated, current).to(self.dtype)
+        self.features[safe_rows] = stored
+        self.inv_norms[safe_rows] = _inverse_norms(stored)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # The buffers are empty until the bank is filled: take the checkpoint's shapes.
+        for name in _BUFFERS:
+            incoming = state_dict.get(prefix + name)
+            current = self._buffers[name]
+            if incoming is not None and name not in self._non_persistent_buffers_set and incoming.shape != current.shape:
+                self._buffers[name] = torch.empty(incoming.shape, dtype=current.dtype, device=current.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _inverse_norms(features: torch.Tensor) -> torch.Tensor:
+    return features.float().norm(dim=1).clamp_min(1e-12).reciprocal()
+
+
+def class_row_table(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C, max_class_count]``: the rows of each class in ascending order, padded with -1."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    width = int(counts.max()) if labels.numel() else 0
+    rows_by_class = torch.sort(labels, stable=True).indices  # ascending rows within each class
+    sorted_labels = labels[rows_by_class]
+    starts = torch.cumsum(counts, 0) - counts
+    position = torch.arange(labels.numel(), device=labels.device) - starts[sorted_labels]
+    table = torch.full((num_classes, width), -1, dtype=torch.long, device=labels.device)
+    table[sorted_labels, position] = rows_by_class
+    return table
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def dist_world() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows (sizes may differ), in rank order; identity without distributed."""
+    _, world = dist_world()
+    if world == 1:
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    padded = tensor.new_zeros((max(sizes),) + tuple(tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded.contiguous())
+    return torch.cat([chunk[:s] for chunk, s in zip(gathered, sizes)])
+
+
+# ----------------------------------------------------------------------------- the filling pass
+
+
+class _IndexedView(Dataset):
+    """Items (image, target, dataset index) of `dataset` at `positions`; index = position if absent."""
+
+    def __init__(self, dataset: Any, positions: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.positions = positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> tuple:
+        position = self.positions[i]
+        item = self.dataset[position]
+        index = item[2] if len(item) > 2 else position
+        return item[0], item[1], index
+
+
+def no_augmentation_view(train_dataset: Any, val_dataset: Any) -> Any:
+    """A shallow copy of the training set that applies the validation (no-augmentation) transform."""
+    for name, dataset in (("train", train_dataset), ("val", val_dataset)):
+        if not hasattr(dataset, "transform"):
+            raise ValueError(
+                f"ICKD builds its bank from the training set seen through the validation transform, "
+                f"but the {name} loader's dataset ({type(dataset).__name__}) has no `transform` attribute"
+            )
+    view = copy.copy(train_dataset)
+    view.transform = val_dataset.transform
+    return view
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    classifier: nn.Module,
+    dataset: Any,
+    batch_size: int,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One no-grad eval-mode pass: (pooled features [R, D], labels [R], dataset indices [R]).
+
+    In a distributed run each rank reads rows rank::world_size and the results are
+    all-gathered, so every rank returns the whole training set.
+    """
+    rank, world = dist_world()
+    device = next(model.parameters()).device
+    loader = DataLoader(
+        _IndexedView(dataset, range(rank, len(dataset), world)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    was_training = model.training
+    model.eval()
+    features, labels, indices = [], [], []
+    try:
+        with ClassifierTap(classifier) as tap:
+            for image, target, index in loader:
+                model(image.to(device, non_blocking=True))
+                features.append(tap.features.float())
+                labels.append(torch.as_tensor(target).to(device).long())
+                indices.append(torch.as_tensor(index).to(device).long())
+    finally:
+        model.train(was_training)
+    if features:
+        local = (torch.cat(features), torch.cat(labels), torch.cat(indices))
+    else:
+        dim = classifier.in_features
+        local = (torch.empty(0, dim, device=device), torch.empty(0, dtype=torch.long, device=device),
+                 torch.empty(0, dtype=torch.long, device=device))
+    return tuple(all_gather_rows(t) for t in local)  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- the on-disk cache
+
+
+def _update_with_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    digest.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+
+
+def _dataset_targets(dataset: Any, depth: int = 3) -> Iterable[int] | None:
+    """The dataset's labels (`targets` or `labels`), looking through wrappers (`dataset`, `raw`, `base`)."""
+    for name in ("targets", "labels"):
+        values = getattr(dataset, name, None)
+        if values is not None and not callable(values):
+            return values
+    if depth > 0:
+        for name in ("dataset", "raw", "base"):
+            inner = getattr(dataset, name, None)
+            if inner is not None and inner is not dataset:
+                found = _dataset_targets(inner, depth - 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _stable_repr(obj: Any) -> str:
+    """repr without memory addresses, so the same transform gives the same key across runs."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+
+def bank_cache_key(model: nn.Module, dataset: Any, dtype: torch.dtype) -> str:
+    """sha256 of the model's state_dict, the dataset (class, length, labels), its transform and the dtype."""
+    digest = hashlib.sha256(CACHE_FORMAT.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        _update_with_tensor(digest, tensor)
+    digest.update(f"{type(dataset).__name__}|{len(dataset)}|".encode())
+    targets = _dataset_targets(dataset)
+    if targets is not None:
+        _update_with_tensor(digest, torch.as_tensor(list(targets) if not torch.is_tensor(targets) else targets))
+    else:
+        digest.update(b"targets=unknown")
+    digest.update(_stable_repr(getattr(dataset, "transform", None)).encode())
+    digest.update(str(dtype).encode())
+    return digest.hexdigest()
+
+
+def cache_path(cache_dir: str, key: str) -> str:
+    return os.path.join(cache_dir, f"bank_{key[:32]}.pt")
+
+
+def _payload_checksum(features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in (features, labels, indices):
+        _update_with_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def save_bank_cache(path: str, key: str, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+    """Write atomically: a temporary file, fsync, then os.replace (readers never see half a file)."""
+    features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
+    payload = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "checksum": _payload_checksum(features, labels, indices),
+        "features": features,
+        "labels": labels,
+        "indices": indices,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_bank_cache(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(features, labels, indices) from a valid cache file, or None (with a warning if the file was bad)."""
+    if not os.path.exists(path):
+        return None
+
+    def reject(reason: str) -> None:
+        warnings.warn(f"ICKD memory-bank cache {path}: {reason}; rebuilding the bank", stacklevel=3)
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupt, not a torch file
+        first_line = (str(error).strip().splitlines() or [""])[0][:160]
+        reject(f"unreadable or truncated ({type(error).__name__}: {first_line})")
+        return None
+    fields = ("format", "key", "checksum", "features", "labels", "indices")
+    if not isinstance(payload, dict) or any(name not in payload for name in fields):
+        reject("not an ICKD bank file (missing fields)")
+        return None
+    if payload["format"] != CACHE_FORMAT:
+        reject(f"format {payload['format']!r}, expected {CACHE_FORMAT!r}")
+        return None
+    if payload["key"] != key:
+        reject("key mismatch (built from another teacher, dataset, transform or dtype)")
+        return None
+    features, labels, indices = payload["features"], payload["labels"], payload["indices"]
+    if _payload_checksum(features, labels, indices) != payload["checksum"]:
+        reject("checksum mismatch (the file is corrupt)")
+        return None
+    return features, labels, indices

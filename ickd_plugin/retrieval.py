@@ -1,0 +1,139 @@
+"""In-context sample retrieval: pure tensor functions, batched, exact and deterministic.
+
+For each query (a batch sample's feature) we need, from the memory bank,
+
+* positives: the Top-K bank rows of the sample's own class most similar to it (itself
+  excluded), or all of them for IC-KD-all;
+* negatives: the Top-N bank rows of any other class most similar to it.
+
+Similarity is cosine, ``S = (q / |q|) @ (H / |H|)^T``, computed as one matmul per chunk of
+bank rows (the bank keeps ``1 / |H|`` per row, so no normalised copy is stored). Positives
+are read by gathering ``S`` at the sample's class rows from a ``[C, max_class_count]`` table,
+so they never look at other classes; negatives are a top-k over ``S`` with the own class
+masked. ``torch.topk`` does not say which of several equal values it returns, so
+`exact_topk` breaks ties explicitly by the lower bank row: the same bank gives the same
+retrieval on every device and run, duplicated images included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Auto chunking keeps one [B, chunk] similarity block at about this many elements (256 MiB in float32).
+AUTO_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass
+class Retrieval:
+    """Bank rows and cosine similarities of each query's in-context samples.
+
+    ``pos_mask`` is None when every positive is valid (Top-K); with IC-KD-all it marks the real
+    same-class rows among the padded ``[B, max_class_count]`` columns (padding and self are
+    False, and their ``pos_sim`` is -inf, ``pos_rows`` 0).
+    """
+
+    pos_rows: torch.Tensor  # [B, K] long
+    pos_sim: torch.Tensor  # [B, K] float32
+    pos_mask: torch.Tensor | None  # [B, K] bool or None
+    neg_rows: torch.Tensor  # [B, N] long
+    neg_sim: torch.Tensor  # [B, N] float32
+
+
+def exact_topk(values: torch.Tensor, k: int, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k along dim 1 with ties broken by the smaller id; output sorted by (value desc, id asc).
+
+    values: [B, M]; ids: [B, M] distinct non-negative ints per row, or None for the column
+    index. Returns (top values [B, k], their columns in `values` [B, k]).
+
+    A plain topk already returns every value above the k-th largest; only which of the
+    entries *equal* to the k-th value it keeps is unspecified. Those slots are refilled with
+    the first tied columns (a cumsum ranks the ties, a scatter collects the first k), and
+    the k results are re-sorted. No host sync, one topk, a few elementwise passes.
+    """
+    if ids is not None:
+        ids, order = ids.sort(dim=1)  # ties are then resolved in column order
+        values = values.gather(1, order)
+    rows, num_cols = values.shape
+    top, columns = values.topk(k, dim=1)
+    kth = top[:, -1:]
+    num_above = (top > kth).sum(dim=1, keepdim=True)  # these come first in `top` and are right
+    tied = values == kth
+    # slot of each tied column among the first k ties (0, 1, ...); everything else goes to slot k
+    slot = (tied.cumsum(dim=1) - 1).clamp_(max=k).masked_fill_(~tied, k)
+    first_tied = torch.zeros(rows, k + 1, dtype=torch.long, device=values.device)
+    first_tied.scatter_(1, slot, torch.arange(num_cols, device=values.device).expand(rows, num_cols))
+    position = torch.arange(k, device=values.device).expand(rows, k)
+    from_ties = first_tied.gather(1, (position - num_above).clamp(min=0))
+    columns = torch.where(position >= num_above, from_ties, columns)  # same values: `top` is unchanged
+    columns, by_column = columns.sort(dim=1)
+    top, by_value = top.gather(1, by_column).sort(dim=1, descending=True, stable=True)
+    columns = columns.gather(1, by_value)
+    if ids is not None:
+        columns = order.gather(1, columns)
+    return top, columns
+
+
+def auto_chunk_size(num_queries: int, num_rows: int, chunk_size: int = 0) -> int:
+    """Bank rows per similarity block: `chunk_size` if > 0, else as many as fit AUTO_CHUNK_ELEMENTS."""
+    if chunk_size > 0:
+        return min(chunk_size, num_rows)
+    return max(1, min(num_rows, AUTO_CHUNK_ELEMENTS // max(1, num_queries)))
+
+
+def cosine_similarity(
+    queries: torch.Tensor, bank: torch.Tensor, bank_inv_norms: torch.Tensor
+) -> torch.Tensor:
+    """``S[b, r] = cos(q_b, H_r)`` in float32: one matmul in the bank's dtype, scaled by 1/|H_r|."""
+    q = F.normalize(queries.float(), dim=1).to(bank.dtype)
+    return (q @ bank.t()).float() * bank_inv_norms
+
+
+def retrieve(
+    queries: torch.Tensor,
+    labels: torch.Tensor,
+    self_rows: torch.Tensor,
+    bank: torch.Tensor,
+    bank_inv_norms: torch.Tensor,
+    bank_labels: torch.Tensor,
+    class_rows: torch.Tensor,
+    k: int,
+    n: int,
+    all_same_class: bool = False,
+    chunk_size: int = 0,
+) -> Retrieval:
+    """Retrieve positives and negatives for a batch of queries.
+
+    queries [B, D]; labels [B] (class of each query); self_rows [B] (the query's own bank row,
+    -1 if it has none); bank [R, D]; bank_inv_norms [R] float32; bank_labels [R];
+    class_rows [C, M]: bank rows of each class in ascending order, padded with -1.
+    The caller guarantees K <= (smallest class size - 1) and N <= (smallest other-class
+    count), see `MemoryBank.check_capacity`.
+    """
+    num_rows = bank.shape[0]
+    chunk = auto_chunk_size(queries.shape[0], num_rows, chunk_size)
+    pos_cols = class_rows[labels]  # [B, M]
+    pos_valid = (pos_cols >= 0) & (pos_cols != self_rows[:, None])
+    pos_sim = torch.full(pos_cols.shape, float("-inf"), device=queries.device)
+    neg_values, neg_rows = [], []
+    for start in range(0, num_rows, chunk):
+        stop = min(start + chunk, num_rows)
+        sim = cosine_similarity(queries, bank[start:stop], bank_inv_norms[start:stop])
+        in_chunk = pos_valid & (pos_cols >= start) & (pos_cols < stop)
+        gathered = sim.gather(1, (pos_cols - start).clamp(0, stop - start - 1))
+        pos_sim = torch.where(in_chunk, gathered, pos_sim)
+        sim = sim.masked_fill(bank_labels[start:stop][None, :] == labels[:, None], float("-inf"))
+        values, columns = exact_topk(sim, min(n, stop - start))
+        neg_values.append(values)
+        neg_rows.append(columns + start)
+    if len(neg_values) == 1:
+        neg_sim, neg_row = neg_values[0], neg_rows[0]
+    else:
+        candidates = torch.cat(neg_rows, dim=1)
+        neg_sim, columns = exact_topk(torch.cat(neg_values, dim=1), n, ids=candidates)
+        neg_row = candidates.gather(1, columns)
+    if all_same_class:
+        return Retrieval(pos_cols.clamp(min=0), pos_sim, pos_valid, neg_row, neg_sim)
+    top_sim, columns = exact_topk(pos_sim, k)
+    return Retrieval(pos_cols.gather(1, columns), top_sim, None, neg_row, neg_sim)

@@ -1,0 +1,145 @@
+"""Retrieval against a brute-force Python reference: class constraints, self-exclusion, ties, chunks."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ickd_plugin.memory_bank import MemoryBank, class_row_table
+from ickd_plugin.retrieval import auto_chunk_size, exact_topk, retrieve
+
+
+def make_bank(num_rows: int, dim: int, num_classes: int, seed: int = 0) -> MemoryBank:
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(num_rows, dim, generator=generator)
+    labels = torch.randint(num_classes, (num_rows,), generator=generator)
+    labels[:num_classes] = torch.arange(num_classes)  # every class present
+    bank = MemoryBank()
+    bank.fill(features, labels, torch.arange(num_rows), num_classes, "cpu")
+    return bank
+
+
+def run(bank: MemoryBank, queries, labels, self_rows, k, n, all_same_class=False, chunk_size=0):
+    return retrieve(queries, labels, self_rows, bank.features, bank.inv_norms, bank.labels, bank.class_rows,
+                    k, n, all_same_class=all_same_class, chunk_size=chunk_size)
+
+
+def reference(bank: MemoryBank, query, label, self_row, k, n):
+    """One query, plain Python: cosine in float64, sort by (similarity desc, row asc)."""
+    rows = bank.features.double()
+    q = query.double()
+    sims = [float(rows[r] @ q / (rows[r].norm() * q.norm())) for r in range(rows.shape[0])]
+    same = [r for r in range(len(sims)) if int(bank.labels[r]) == label and r != self_row]
+    other = [r for r in range(len(sims)) if int(bank.labels[r]) != label]
+    order = lambda rs: sorted(rs, key=lambda r: (-sims[r], r))  # noqa: E731
+    return order(same)[:k], order(other)[:n], sims
+
+
+@pytest.mark.parametrize("chunk_size", [0, 7, 50])
+def test_matches_brute_force(chunk_size: int) -> None:
+    bank = make_bank(num_rows=60, dim=5, num_classes=4)
+    queries = torch.randn(9, 5)
+    self_rows = torch.tensor([0, 5, 11, -1, 30, 42, 59, 3, 17])
+    labels = bank.labels[self_rows.clamp(min=0)]
+    labels[3] = 2  # a query without a bank row
+    found = run(bank, queries, labels, self_rows, k=4, n=6, chunk_size=chunk_size)
+    for b in range(9):
+        pos, neg, sims = reference(bank, queries[b], int(labels[b]), int(self_rows[b]), 4, 6)
+        assert found.pos_rows[b].tolist() == pos
+        assert found.neg_rows[b].tolist() == neg
+        assert torch.allclose(found.pos_sim[b], torch.tensor([sims[r] for r in pos], dtype=torch.float32), atol=1e-5)
+        assert torch.allclose(found.neg_sim[b], torch.tensor([sims[r] for r in neg], dtype=torch.float32), atol=1e-5)
+        assert all(int(bank.labels[r]) == labels[b] for r in pos) and int(self_rows[b]) not in pos
+        assert all(int(bank.labels[r]) != labels[b] for r in neg)
+
+
+def test_all_same_class_uses_every_other_same_class_row() -> None:
+    bank = make_bank(num_rows=40, dim=4, num_classes=3)
+    self_rows = torch.tensor([0, 1, 2, 10])
+    labels = bank.labels[self_rows]
+    found = run(bank, torch.randn(4, 4), labels, self_rows, k=1, n=2, all_same_class=True)
+    for b in range(4):
+        chosen = sorted(found.pos_rows[b][found.pos_mask[b]].tolist())
+        expected = [r for r in range(40) if int(bank.labels[r]) == labels[b] and r != self_rows[b]]
+        assert chosen == expected
+        assert torch.isinf(found.pos_sim[b][~found.pos_mask[b]]).all()
+
+
+def test_ties_broken_by_lower_row_whatever_the_chunking() -> None:
+    # rows 2, 5, 7 (class 0) and 1, 4, 8 (class 1) hold the same feature: exact ties
+    features = torch.randn(10, 3)
+    features[[5, 7]] = features[2].clone()
+    features[[4, 8]] = 2 * features[1]  # same direction: the same cosine, bit for bit (x2 is exact)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0, 1, 0])
+    bank = MemoryBank()
+    bank.fill(features, labels, torch.arange(10), 2, "cpu")
+    queries = features[[2, 1, 1, 2]]
+    labels_q = torch.tensor([0, 1, 0, 1])
+    self_rows = torch.tensor([9, 4, -1, -1])
+    for chunk_size in (0, 1, 3, 4):
+        found = run(bank, queries, labels_q, self_rows, 2, 2, chunk_size=chunk_size)
+        assert found.pos_rows[0].tolist() == [2, 5]  # 2, 5, 7 tie at cosine 1
+        assert found.pos_rows[1].tolist() == [1, 8]  # 1, 4, 8 tie; 4 is the query itself
+        assert found.neg_rows[2].tolist() == [1, 4]
+        assert found.neg_rows[3].tolist() == [2, 5]
+
+
+def test_exact_topk_with_and_without_ids() -> None:
+    values = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    top, cols = exact_topk(values, 2)
+    assert cols.tolist() == [[1, 2], [0, 1]] and top.tolist() == [[3.0, 3.0], [0.0, 0.0]]
+    ids = torch.tensor([[9, 8, 7, 6, 5], [4, 3, 2, 1, 0]])
+    top, cols = exact_topk(values, 2, ids=ids)
+    assert cols.tolist() == [[4, 2], [4, 3]]  # among the 3.0s the smallest ids are 5 (col 4) and 7 (col 2)
+
+
+def test_auto_chunk_size() -> None:
+    assert auto_chunk_size(64, 50_000) == 50_000
+    assert auto_chunk_size(256, 1_281_167) == (1 << 26) // 256
+    assert auto_chunk_size(4, 100, chunk_size=30) == 30
+
+
+def test_class_row_table_and_row_map() -> None:
+    labels = torch.tensor([2, 0, 2, 1, 0, 2])
+    assert class_row_table(labels, 4).tolist() == [[1, 4, -1], [3, -1, -1], [0, 2, 5], [-1, -1, -1]]
+    bank = MemoryBank()
+    bank.fill(torch.randn(3, 2), torch.tensor([1, 0, 1]), torch.tensor([30, 10, 20]), 2, "cpu")
+    assert bank.labels.tolist() == [0, 1, 1]  # rows sorted by dataset index
+    assert bank.rows_for(torch.tensor([20, 10, 30, 11])).tolist() == [1, 0, 2, -1]
+
+
+def test_capacity_errors_name_the_key_and_the_class() -> None:
+    bank = MemoryBank()
+    bank.fill(torch.randn(7, 2), torch.tensor([0, 0, 0, 1, 1, 2, 2]), torch.arange(7), 3, "cpu")
+    bank.check_capacity(1, 4, all_same_class=False)
+    with pytest.raises(ValueError, match=r"ICKD.K = 2 .*class 1 has 2 training samples.*ICKD.ALL_SAME_CLASS"):
+        bank.check_capacity(2, 1, all_same_class=False)
+    bank.check_capacity(50, 1, all_same_class=True)  # K is unused by IC-KD-all
+    with pytest.raises(ValueError, match=r"ICKD.N = 5 .*\(4\)"):
+        bank.check_capacity(1, 5, all_same_class=False)
+
+
+def test_cosine_is_scale_invariant() -> None:
+    bank = make_bank(20, 3, 2)
+    q = torch.randn(2, 3)
+    labels, rows = torch.tensor([0, 1]), torch.tensor([-1, -1])
+    a = run(bank, q, labels, rows, 2, 2)
+    b = run(bank, 1000 * q, labels, rows, 2, 2)
+    assert torch.equal(a.pos_rows, b.pos_rows) and torch.equal(a.neg_rows, b.neg_rows)
+    assert math.isclose(float(a.pos_sim.max()), float(b.pos_sim.max()), abs_tol=1e-5)
+
+
+@pytest.mark.parametrize("use_ids", [False, True])
+def test_exact_topk_on_many_ties_matches_python_sort(use_ids: bool) -> None:
+    generator = torch.Generator().manual_seed(1)
+    values = torch.randint(0, 4, (16, 30), generator=generator).float()  # heavy ties
+    values[0] = 2.0  # a row that is one big tie
+    ids = torch.stack([torch.randperm(30, generator=generator) for _ in range(16)]) if use_ids else None
+    for k in (1, 5, 30):
+        top, cols = exact_topk(values, k, ids=ids)
+        for b in range(16):
+            key = ids[b].tolist() if use_ids else list(range(30))
+            expected = sorted(range(30), key=lambda c: (-values[b, c].item(), key[c]))[:k]
+            assert cols[b].tolist() == expected
+            assert top[b].tolist() == values[b, expected].tolist()
