@@ -1,0 +1,399 @@
+"""Find the `summary.json` of finished runs and group them into a leaderboard.
+
+`kdharness.engine.trainer.BaseTrainer.write_summary` writes one summary per run directory,
+first with ``"complete": false`` after every epoch and finally with ``"complete": true``.
+Only complete runs are results; the others are reported so that a half-finished sweep is
+not mistaken for a finished one.
+
+Grouping: rows are (dataset, teacher, student) pairs; columns are methods (the summary's
+``method``, e.g. "KD", "ICKD+KD") or, with ``by="label"``, run names without the seed
+override, to tell apart variants that share a method name. Vanilla runs fill two special
+places: the "vanilla" cell of their own pair, and the teacher cell of every pair whose
+teacher is the model they trained.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+from kdharness.results.stats import PairedComparison, mean, paired_comparison, sample_std
+
+__all__ = [
+    "VANILLA",
+    "Cell",
+    "Leaderboard",
+    "MethodComparison",
+    "PairRow",
+    "RunSummary",
+    "SummaryError",
+    "aggregate",
+    "compare",
+    "find_summary_files",
+    "ickd_baselines",
+    "load_summaries",
+    "method_order",
+    "read_summary",
+    "strip_seed",
+]
+
+SUMMARY_FILE = "summary.json"
+VANILLA = "vanilla"
+Metric = Literal["best", "last"]
+GroupBy = Literal["method", "label"]
+Pair = tuple[str, str, str]
+
+_REQUIRED = {
+    "complete": bool,
+    "experiment": str,
+    "dataset": str,
+    "teacher": str,
+    "student": str,
+    "method": str,
+    "seed": int,
+    "best_top1": (int, float),
+}
+_SEED_OVERRIDE = re.compile(r",EXPERIMENT\.SEED:[^,]*")
+# Published-table order: each baseline followed by ICKD added to it.
+_BASE_ORDER = ("", "KD", "DKD", "CRD", "DML")
+
+
+class SummaryError(ValueError):
+    """A file that is not a readable run summary; the message names the file and what is wrong."""
+
+
+def strip_seed(experiment: str) -> str:
+    """The run name without its `EXPERIMENT.SEED:<s>` override: the label shared by all seeds."""
+    return _SEED_OVERRIDE.sub("", experiment)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The fields of one summary.json that the comparison tools use."""
+
+    path: str
+    complete: bool
+    experiment: str
+    dataset: str
+    teacher: str
+    student: str
+    method: str
+    seed: int
+    best_top1: float
+    last_top1: float | None
+    epochs_done: int
+    epochs: int | None
+
+    @property
+    def pair(self) -> Pair:
+        return (self.dataset, self.teacher, self.student)
+
+    @property
+    def label(self) -> str:
+        return strip_seed(self.experiment)
+
+    def value(self, metric: Metric) -> float | None:
+        return self.best_top1 if metric == "best" else self.last_top1
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str) -> "RunSummary":
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise SummaryError(
+                f"{path}: missing keys {missing}; expected a summary.json written by kdharness.engine.trainer"
+            )
+        for key, kind in _REQUIRED.items():
+            if not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool)):
+                raise SummaryError(f"{path}: {key} = {data[key]!r}; expected {_kind_name(kind)}")
+        last = data.get("last_top1")
+        if last is not None and not isinstance(last, (int, float)):
+            raise SummaryError(f"{path}: last_top1 = {last!r}; expected a number or null")
+        history = data.get("history") or []
+        return cls(
+            path=path,
+            complete=data["complete"],
+            experiment=data["experiment"],
+            dataset=data["dataset"],
+            teacher=data["teacher"],
+            student=data["student"],
+            method=data["method"],
+            seed=data["seed"],
+            best_top1=float(data["best_top1"]),
+            last_top1=None if last is None else float(last),
+            epochs_done=len(history) if isinstance(history, list) else 0,
+            epochs=data.get("epochs") if isinstance(data.get("epochs"), int) else None,
+        )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {bool: "true/false", str: "a string", int: "an integer", float: "a number"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+# -- finding and reading ------------------------------------------------------------------
+def find_summary_files(paths: Iterable[str]) -> list[str]:
+    """Every summary.json under the given run directories (or the files themselves), sorted.
+
+    A path that does not exist is an error rather than an empty result: a typo in a
+    directory name would otherwise print an empty leaderboard.
+    """
+    found: set[str] = set()
+    for path in paths:
+        if os.path.isfile(path):
+            found.add(os.path.normpath(path))
+        elif os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                if SUMMARY_FILE in files:
+                    found.add(os.path.normpath(os.path.join(root, SUMMARY_FILE)))
+        else:
+            raise FileNotFoundError(f"{path!r} does not exist; expected a run directory or a summary.json")
+    return sorted(found)
+
+
+def read_summary(path: str) -> RunSummary:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SummaryError(f"{path}: unreadable ({error}); expected the JSON summary of a run") from None
+    if not isinstance(data, dict):
+        raise SummaryError(f"{path}: top level is {type(data).__name__}; expected a JSON object")
+    return RunSummary.from_dict(data, path)
+
+
+def load_summaries(paths: Iterable[str]) -> tuple[list[RunSummary], list[str]]:
+    """Complete run summaries under `paths`, and one warning per file left out and why."""
+    summaries: list[RunSummary] = []
+    warnings: list[str] = []
+    for path in find_summary_files(paths):
+        try:
+            summary = read_summary(path)
+        except SummaryError as error:
+            warnings.append(f"skipped {error}")
+            continue
+        if not summary.complete:
+            progress = f"{summary.epochs_done} of {summary.epochs}" if summary.epochs else f"{summary.epochs_done}"
+            warnings.append(
+                f"skipped {path}: incomplete run ({progress} epochs); finish it with tools/sweep.py or tools/train.py --resume"
+            )
+            continue
+        summaries.append(summary)
+    return summaries, warnings
+
+
+# -- aggregation --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """The runs of one method on one pair: (seed, value, summary path) triples."""
+
+    runs: tuple[tuple[int, float, str], ...]
+
+    @property
+    def values(self) -> list[float]:
+        return [value for _, value, _ in self.runs]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [seed for seed, _, _ in self.runs]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def mean(self) -> float:
+        return mean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """Sample std (ddof=1); None with a single run."""
+        return sample_std(self.values)
+
+
+@dataclass
+class PairRow:
+    dataset: str
+    teacher: str
+    student: str
+    teacher_cell: Cell | None = None
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+    @property
+    def pair(self) -> Pair:
+        return (self.dataset, self.teacher, self.student)
+
+
+@dataclass
+class Leaderboard:
+    """Rows in (dataset, teacher, student) order; `columns` excludes the vanilla column."""
+
+    rows: list[PairRow]
+    columns: list[str]
+    metric: Metric = "best"
+    group_by: GroupBy = "method"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(row.dataset for row in self.rows))
+
+    def rows_for(self, dataset: str) -> list[PairRow]:
+        return [row for row in self.rows if row.dataset == dataset]
+
+    def columns_for(self, rows: Sequence[PairRow]) -> list[str]:
+        """The method columns that hold at least one run in `rows`, in leaderboard order."""
+        present = {key for row in rows for key in row.cells}
+        return [column for column in self.columns if column in present]
+
+
+def method_order(name: str) -> tuple[int, int, str]:
+    """KD, ICKD+KD, DKD, ICKD+DKD, ...: each baseline beside ICKD added to it."""
+    is_ickd = name.startswith("ICKD")
+    base = name.split("+", 1)[1] if is_ickd and "+" in name else ("" if is_ickd else name)
+    rank = _BASE_ORDER.index(base) if base in _BASE_ORDER else len(_BASE_ORDER)
+    return (rank, int(is_ickd), base if rank == len(_BASE_ORDER) else name)
+
+
+def _make_cell(runs: list[RunSummary], metric: Metric) -> Cell:
+    """Runs sorted by seed; `aggregate` has already dropped runs without a value."""
+    ordered = sorted(runs, key=lambda run: (run.seed, run.path))
+    return Cell(tuple((run.seed, float(run.value(metric) or 0.0), run.path) for run in ordered))
+
+
+def _duplicate_seed_warnings(where: str, runs: list[RunSummary]) -> list[str]:
+    by_seed: dict[int, list[str]] = defaultdict(list)
+    for run in runs:
+        by_seed[run.seed].append(run.path)
+    return [
+        f"{where}: seed {seed} has {len(paths)} runs ({', '.join(paths)}); they count as separate samples"
+        " (if they are different variants, use --by label)"
+        for seed, paths in sorted(by_seed.items())
+        if len(paths) > 1
+    ]
+
+
+def aggregate(summaries: Iterable[RunSummary], metric: Metric = "best", by: GroupBy = "method") -> Leaderboard:
+    """Group complete runs into pair rows and method (or label) columns.
+
+    A vanilla run is the vanilla cell of its own pair and also the teacher cell of every
+    pair whose teacher is its student. Its own row is shown only when the pair has other
+    runs or when no pair uses it as a teacher, so teacher runs do not add empty rows.
+    """
+    if metric not in ("best", "last"):
+        raise ValueError(f"metric = {metric!r}; allowed: best, last")
+    if by not in ("method", "label"):
+        raise ValueError(f"by = {by!r}; allowed: method, label")
+    warnings: list[str] = []
+    runs: list[RunSummary] = []
+    for summary in summaries:
+        value = summary.value(metric)
+        if not summary.complete:
+            warnings.append(f"skipped {summary.path}: incomplete run")
+        elif value is None or not math.isfinite(value) or value < 0:  # the trainer's best is -1 before any epoch
+            warnings.append(f"skipped {summary.path}: no {metric} top-1 recorded")
+        else:
+            runs.append(summary)
+
+    teachers = {(run.dataset, run.teacher) for run in runs}
+    teacher_runs: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+    grouped: dict[Pair, dict[str, list[RunSummary]]] = defaultdict(lambda: defaultdict(list))
+    shows_row: set[Pair] = set()
+    for run in runs:
+        is_vanilla = run.method == VANILLA
+        key = VANILLA if is_vanilla else (run.method if by == "method" else run.label)
+        grouped[run.pair][key].append(run)
+        used_as_teacher = is_vanilla and (run.dataset, run.student) in teachers
+        if used_as_teacher:
+            teacher_runs[(run.dataset, run.student)].append(run)
+        if not used_as_teacher:
+            shows_row.add(run.pair)
+
+    rows: list[PairRow] = []
+    columns: set[str] = set()
+    for pair in sorted(shows_row):
+        dataset, teacher, student = pair
+        where = f"{dataset} {teacher} -> {student}"
+        row = PairRow(dataset, teacher, student)
+        if (dataset, teacher) in teacher_runs:
+            row.teacher_cell = _make_cell(teacher_runs[(dataset, teacher)], metric)
+        for key, key_runs in grouped[pair].items():
+            row.cells[key] = _make_cell(key_runs, metric)
+            warnings.extend(_duplicate_seed_warnings(f"{where}, {key}", key_runs))
+            if key != VANILLA:
+                columns.add(key)
+        rows.append(row)
+    for (dataset, model), model_runs in sorted(teacher_runs.items()):
+        warnings.extend(_duplicate_seed_warnings(f"{dataset} teacher {model}", model_runs))
+    order = method_order if by == "method" else (lambda name: (0, 0, name))
+    return Leaderboard(rows, sorted(columns, key=order), metric, by, warnings)
+
+
+# -- paired comparison over the leaderboard ----------------------------------------------
+@dataclass(frozen=True)
+class MethodComparison:
+    """A vs B on one pair: the paired result, or None with the reason in `note`."""
+
+    dataset: str
+    teacher: str
+    student: str
+    seeds: tuple[int, ...]
+    result: PairedComparison | None
+    note: str = ""
+
+
+def _by_seed(cell: Cell, name: str) -> tuple[dict[int, float], list[str]]:
+    values: dict[int, float] = {}
+    duplicates = []
+    for seed, value, _ in cell.runs:
+        if seed in values:
+            duplicates.append(f"seed {seed} has several {name} runs")
+        values[seed] = value
+    return values, duplicates
+
+
+def compare(board: Leaderboard, a: str, b: str, confidence: float = 0.95) -> list[MethodComparison]:
+    """The paired comparison of columns `a` and `b` (either may be "vanilla") on every pair.
+
+    Runs are matched by seed; seeds that only one side has are left out and named in the
+    note, and a seed with several runs on one side makes the pairing ambiguous (no result).
+    """
+    known = set(board.columns) | {VANILLA}
+    for name in (a, b):
+        if name not in known:
+            raise KeyError(f"no column {name!r} in the leaderboard; columns: {', '.join(sorted(known))}")
+    out: list[MethodComparison] = []
+    for row in board.rows:
+        if a not in row.cells or b not in row.cells:
+            continue
+        values_a, dup_a = _by_seed(row.cells[a], a)
+        values_b, dup_b = _by_seed(row.cells[b], b)
+        if dup_a or dup_b:
+            out.append(MethodComparison(*row.pair, (), None, "ambiguous pairing: " + "; ".join(dup_a + dup_b)))
+            continue
+        seeds = sorted(values_a.keys() & values_b.keys())
+        unpaired = sorted(values_a.keys() ^ values_b.keys())
+        note = f"unpaired seeds left out: {unpaired}" if unpaired else ""
+        if not seeds:
+            out.append(MethodComparison(*row.pair, (), None, note or "no common seeds"))
+            continue
+        result = paired_comparison([values_a[s] for s in seeds], [values_b[s] for s in seeds], confidence)
+        out.append(MethodComparison(*row.pair, tuple(seeds), result, note))
+    return out
+
+
+def ickd_baselines(board: Leaderboard) -> list[tuple[str, str]]:
+    """(ICKD variant, its baseline) for every ICKD column: ICKD+KD vs KD, ICKD vs vanilla."""
+    available = set(board.columns) | ({VANILLA} if any(VANILLA in row.cells for row in board.rows) else set())
+    pairs = []
+    for column in board.columns:
+        if column.startswith("ICKD"):
+            base = column.split("+", 1)[1] if "+" in column else VANILLA
+            if base in available:
+                pairs.append((column, base))
+    return pairs

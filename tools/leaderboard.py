@@ -1,0 +1,115 @@
+"""Leaderboard of finished runs: `python tools/leaderboard.py RUN_DIR... [options]`.
+
+Reads every complete summary.json under the given directories and prints one row per
+teacher/student pair and one column per method, each cell `mean ± std (n seeds)`, beside
+the teacher, the vanilla student and the published figures. `--compare A B` answers
+"does A beat B beyond seed noise?" with a paired t analysis over seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdharness.results.reference import ReferenceDataError, load_reference
+from kdharness.results.summaries import aggregate, compare, ickd_baselines, load_summaries
+from kdharness.results.table import (
+    render_comparison_csv,
+    render_comparison_markdown,
+    render_csv,
+    render_markdown,
+)
+
+EPILOG = """examples:
+  python tools/leaderboard.py output/
+  python tools/leaderboard.py output/ --format csv --output results.csv --plot results.png
+  python tools/leaderboard.py output/ --compare ICKD+KD KD --compare ICKD+DKD DKD
+  python tools/leaderboard.py output/ --compare-ickd          # every ICKD column vs its baseline
+  python tools/leaderboard.py output/ --by label              # tell apart variants of one method
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leaderboard.py",
+        description=__doc__.split("\n\n", 1)[1],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories searched recursively for summary.json (or summary.json files)")
+    parser.add_argument("--by", choices=("method", "label"), default="method",
+                        help="column per method name (default) or per run name without the seed override, "
+                             "to separate variants that share a method name")
+    parser.add_argument("--metric", choices=("best", "last"), default="best",
+                        help="best top-1 over epochs (default, as the published tables) or last-epoch top-1")
+    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="output format (default: markdown)")
+    parser.add_argument("--output", metavar="FILE", help="write the table (or comparison) to FILE instead of stdout")
+    parser.add_argument("--plot", metavar="FILE.png", help="also write a PNG: accuracy per method per pair, error bars = std over seeds")
+    parser.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), default=[],
+                        help="paired comparison of column A against column B on every pair, matched by seed "
+                             "(repeatable; 'vanilla' is a column). Prints comparisons instead of the leaderboard")
+    parser.add_argument("--compare-ickd", action="store_true",
+                        help="compare every ICKD column with its baseline (ICKD+KD vs KD, ICKD vs vanilla, ...)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    parser.add_argument("--no-reference", action="store_true", help="leave out the published figures")
+    parser.add_argument("--reference", metavar="CSV", help="published figures to use instead of the packaged ones "
+                        "(columns: dataset,teacher,student,method,top1,source)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summaries, warnings = load_summaries(args.run_dirs)
+        reference = [] if args.no_reference else load_reference(args.reference)
+    except (FileNotFoundError, ReferenceDataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    board = aggregate(summaries, metric=args.metric, by=args.by)
+    for message in warnings + board.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    if not board.rows:
+        print(f"error: no complete run summaries under {', '.join(args.run_dirs)}", file=sys.stderr)
+        return 1
+
+    comparisons = [tuple(pair) for pair in args.compare]
+    if args.compare_ickd:
+        found = ickd_baselines(board)
+        if not found:
+            print("warning: --compare-ickd: no ICKD column has its baseline among the runs", file=sys.stderr)
+        comparisons += [pair for pair in found if pair not in comparisons]
+    if comparisons:
+        parts = []
+        for index, (a, b) in enumerate(comparisons):
+            try:
+                results = compare(board, a, b, confidence=args.confidence)
+            except (KeyError, ValueError) as error:
+                print(f"error: --compare {a} {b}: {error.args[0]}", file=sys.stderr)
+                return 2
+            if args.format == "csv":
+                parts.append(render_comparison_csv(results, a, b, header=index == 0))
+            else:
+                parts.append(render_comparison_markdown(results, a, b, metric=args.metric))
+        text = "".join(parts) if args.format == "csv" else "\n".join(parts)
+    else:
+        text = render_csv(board, reference) if args.format == "csv" else render_markdown(board, reference)
+
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        from kdharness.results.plot import plot_leaderboard
+
+        try:
+            plot_leaderboard(board, args.plot, reference)
+        except ImportError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
