@@ -205,9 +205,9 @@ class ICKD(DistillerBase):
         getter = getattr(self.base, "get_extra_parameters", None)
         return int(getter()) if callable(getter) else 0
 
-    def trainer_hooks(self) -> "ICKDHooks":
-        """The object the trainer calls: before_train (fills the bank), after_step (refreshes it)."""
-        return ICKDHooks(self)
+    def trainer_hooks(self) -> list["ICKDHooks"]:
+        """What the trainer calls: before_train (fills the bank), after_step (refreshes it)."""
+        return [ICKDHooks(self)]
 
     # ------------------------------------------------------------------ the bank
 
@@ -371,17 +371,10 @@ class ICKD(DistillerBase):
 
 
 class ICKDHooks:
-    """Trainer hooks of one ICKD distiller (the host calls them; `make_ickd_trainer` does for mdistiller).
-
-    Iterating over it yields itself, so a trainer that expects `trainer_hooks()` to return a
-    list of hook objects works as well as one that expects a single object.
-    """
+    """Trainer hooks of one ICKD distiller (the host calls them; `make_ickd_trainer` does for mdistiller)."""
 
     def __init__(self, distiller: ICKD) -> None:
         self.distiller = distiller
-
-    def __iter__(self) -> Iterator["ICKDHooks"]:
-        yield self
 
     def before_train(self, trainer: Any) -> None:
         self.distiller.build_bank(trainer)

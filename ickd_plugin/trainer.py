@@ -19,12 +19,7 @@ def _distiller_hooks(distiller: Any) -> list[Any]:
     getter = getattr(unwrap(distiller), "trainer_hooks", None)
     if not callable(getter):
         return []
-    hooks = getter()
-    if hooks is None:
-        return []
-    if isinstance(hooks, (list, tuple)):
-        return list(hooks)
-    return [hooks]
+    return list(getter())
 
 
 def make_ickd_trainer(base_cls: type) -> type:

@@ -29,7 +29,7 @@ def bank_file(distiller, trainer) -> str:
 def build(distiller) -> tuple[list[int], object]:
     trainer = make_trainer(distiller)
     calls = count_forwards(distiller.teacher)
-    distiller.trainer_hooks().before_train(trainer)
+    distiller.trainer_hooks()[0].before_train(trainer)
     return calls, trainer
 
 
@@ -51,7 +51,7 @@ def test_cache_is_reused_and_build_is_idempotent(tmp_path) -> None:
     assert calls[0] > 0
     assert os.listdir(tmp_path) == [os.path.basename(bank_file(first, trainer))]  # no temporary file left
     n_first = calls[0]
-    first.trainer_hooks().before_train(trainer)
+    first.trainer_hooks()[0].before_train(trainer)
     assert calls[0] == n_first, "a second before_train with the same teacher is a no-op"
     second = cached_ickd(tmp_path)  # same seed: same teacher weights
     calls, _ = build(second)
@@ -161,7 +161,7 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
         torch.set_num_threads(1)
         distiller = make_ickd(BASE="KD", PARADIGM="online")
         trainer = make_trainer(distiller)
-        distiller.trainer_hooks().before_train(trainer)  # each rank reads rows rank::world, then all-gather
+        distiller.trainer_hooks()[0].before_train(trainer)  # each rank reads rows rank::world, then all-gather
         built = distiller.bank.features.clone()
         # each rank refreshes different rows; after the all-gather every bank holds all updates
         index = torch.tensor([rank, 10 + rank])
@@ -179,7 +179,7 @@ def test_distributed_build_and_refresh_keep_ranks_identical(tmp_path) -> None:
     mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     single = make_ickd(BASE="KD", PARADIGM="online")
-    single.trainer_hooks().before_train(make_trainer(single))
+    single.trainer_hooks()[0].before_train(make_trainer(single))
     assert torch.allclose(results[0]["built"], single.bank.features, atol=1e-6)
     assert torch.equal(results[0]["built"], results[1]["built"])
     assert torch.equal(results[0]["refreshed"], results[1]["refreshed"])

@@ -220,7 +220,7 @@ STEP_CASES = [
 def test_one_step_per_base_and_paradigm(base: str, paradigm: str) -> None:
     distiller = make_ickd(BASE=base, PARADIGM=paradigm, teacher=paradigm != "teacher_free", num_data=18)
     trainer = make_trainer(distiller)
-    distiller.trainer_hooks().before_train(trainer)
+    distiller.trainer_hooks()[0].before_train(trainer)
     distiller.train()
     teacher_calls = count_forwards(distiller.teacher) if distiller.teacher is not None else None
     student_calls = count_forwards(distiller.student)
@@ -268,7 +268,7 @@ def test_state_dict_has_student_and_teacher_once() -> None:
 def test_online_bank_refresh_by_hand_and_exact_resume() -> None:
     distiller = make_ickd(BASE="KD", PARADIGM="online", **{"BANK.MOMENTUM": 0.25})
     trainer = make_trainer(distiller)
-    hooks = distiller.trainer_hooks()
+    (hooks,) = distiller.trainer_hooks()
     hooks.before_train(trainer)
     distiller.train()
     image, target, index = first_batch(trainer)
@@ -285,7 +285,7 @@ def test_online_bank_refresh_by_hand_and_exact_resume() -> None:
     # exact resume: a fresh distiller gets the refreshed bank from the checkpoint; before_train keeps it
     resumed = make_ickd(BASE="KD", PARADIGM="online")
     resumed.load_state_dict(distiller.state_dict())
-    resumed.trainer_hooks().before_train(make_trainer(resumed))
+    resumed.trainer_hooks()[0].before_train(make_trainer(resumed))
     assert torch.equal(resumed.bank.features, distiller.bank.features)
 
 
@@ -293,14 +293,14 @@ def test_teacher_free_uses_student_bank_and_refreshes() -> None:
     distiller = make_ickd(BASE="NONE", PARADIGM="teacher_free", teacher=False)
     assert distiller.teacher is None and type(distiller).teacher_requirement(make_cfg(PARADIGM="teacher_free")) == "none"
     trainer = make_trainer(distiller)
-    distiller.trainer_hooks().before_train(trainer)
+    distiller.trainer_hooks()[0].before_train(trainer)
     distiller.train()
     image, target, index = first_batch(trainer)
     rows = distiller.bank.rows_for(index)
     before = distiller.bank.features[rows].clone()
     _, losses = distiller(image=image, target=target, index=index, epoch=1)
     sum(losses.values()).backward()
-    distiller.trainer_hooks().after_step(trainer, 1, losses)
+    distiller.trainer_hooks()[0].after_step(trainer, 1, losses)
     assert not torch.equal(distiller.bank.features[rows], before)
 
 
@@ -313,7 +313,7 @@ def test_teacher_requirement_per_paradigm() -> None:
 def test_index_from_stash_and_missing_index_error() -> None:
     distiller = make_ickd(BASE="KD")
     trainer = make_trainer(distiller)
-    distiller.trainer_hooks().before_train(trainer)
+    distiller.trainer_hooks()[0].before_train(trainer)
     distiller.train()
     image, target, index = first_batch(trainer)
     setattr(distiller, INDEX_STASH, index)
@@ -331,7 +331,7 @@ def test_unbuilt_bank_is_a_clear_error() -> None:
 def test_warmup_scales_in_context_terms() -> None:
     distiller = make_ickd(BASE="KD", WARMUP=4)
     trainer = make_trainer(distiller)
-    distiller.trainer_hooks().before_train(trainer)
+    distiller.trainer_hooks()[0].before_train(trainer)
     distiller.eval()  # BN in eval: the two calls below see identical networks
     image, target, index = first_batch(trainer)
     _, full = distiller.forward_train(image=image, target=target, index=index, epoch=8)
