@@ -6,7 +6,6 @@ initialised networks saved as mdistiller saves its teachers, so the whole path a
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import torch
 import yaml
 
 from fixtures_data import write_cifar100_fixture, write_fashion_mnist_fixture
-from harness_utils import REPO, TINY_CIFAR, read_summary, run_config, write_teacher_checkpoint
+from harness_utils import REPO, TINY_CIFAR, run_config, write_teacher_checkpoint
 from kdharness.engine.checkpoint import load_checkpoint
 
 CIFAR_CONFIGS = sorted(p for p in (REPO / "configs" / "cifar100").glob("*/*.yaml"))
@@ -60,7 +59,8 @@ def test_config_trains_a_few_steps(cfg_path: Path, cifar_root: Path, teacher_dir
         "LOG.PREFIX", str(tmp_path),
     ]
     if "ICKD" in cfg_path.read_text():
-        opts += ["ICKD.K", "2", "ICKD.N", "2", "ICKD.BANK.CACHE_DIR", str(tmp_path / "bank")]
+        # TRAIN_SUBSET 0: all 40 fixture images (4 per class); the first 24 leave a class with 1 < K + 1
+        opts += ["ICKD.K", "2", "ICKD.N", "2", "ICKD.BANK.CACHE_DIR", str(tmp_path / "bank"), "DATASET.TRAIN_SUBSET", "0"]
     summary = run_config(cfg_path, opts)
     assert summary["complete"] and summary["epochs"] == 1
     assert 0.0 <= summary["best_top1"] <= 100.0

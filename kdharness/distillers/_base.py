@@ -66,33 +66,16 @@ class Distiller(nn.Module):
         return self.forward_test(kwargs["image"])
 
 
-class Vanilla(nn.Module):
-    """Student trained with cross-entropy alone (mdistiller's "NONE")."""
-
-    teacher = None
+class Vanilla(Distiller):
+    """Student trained with cross-entropy alone (mdistiller's "NONE"); no teacher is built."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, cfg: Any = None) -> None:
-        super().__init__()
-        self.student = student
+        super().__init__(student, None)
 
     @classmethod
     def teacher_requirement(cls, cfg: Any) -> str:
         return TEACHER_NONE
 
-    def get_learnable_parameters(self) -> list[nn.Parameter]:
-        return [v for _, v in self.student.named_parameters()]
-
-    def get_extra_parameters(self) -> int:
-        return 0
-
     def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
         logits_student, _ = self.student(image)
         return logits_student, {"loss_ce": F.cross_entropy(logits_student, target)}
-
-    def forward_test(self, image: torch.Tensor) -> torch.Tensor:
-        return self.student(image)[0]
-
-    def forward(self, **kwargs: Any):
-        if self.training:
-            return self.forward_train(**kwargs)
-        return self.forward_test(kwargs["image"])

@@ -5,14 +5,13 @@ mdistiller so its checkpoints load unchanged.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 from timm.models import register_model
 
-from kdharness.models.cifar._common import ModelOutput, build_model, global_pool
+from kdharness.models._common import ModelOutput, build_model, global_pool, init_msra_
 
 
 def _conv_bn_relu(inp: int, oup: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -77,21 +76,7 @@ class MobileNetV2(nn.Module):
         self.conv2 = _conv_bn_relu(input_channel, self.last_channel, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
         self.stage_channels = [int(c * width_mult) for c in (32, 24, 32, 96, 320)]
-        self._initialize_weights()
-
-    def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        init_msra_(self)
 
     def get_classifier(self) -> nn.Linear:
         return self.classifier[0]

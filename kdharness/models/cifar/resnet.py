@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models.cifar._common import ModelOutput, build_model, global_pool
+from kdharness.models._common import ModelOutput, build_model, global_pool, run_stage
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -79,13 +79,6 @@ class ResNet(nn.Module):
         layers += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    @staticmethod
-    def _run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        preact = x
-        for block in stage:
-            x, preact = block(x)
-        return x, preact
-
     def get_classifier(self) -> nn.Linear:
         return self.fc
 
@@ -94,9 +87,9 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f0 = self.relu(self.bn1(self.conv1(x)))  # 32x32
-        f1, f1_pre = self._run_stage(self.layer1, f0)  # 32x32
-        f2, f2_pre = self._run_stage(self.layer2, f1)  # 16x16
-        f3, f3_pre = self._run_stage(self.layer3, f2)  # 8x8
+        f1, f1_pre = run_stage(self.layer1, f0)  # 32x32
+        f2, f2_pre = run_stage(self.layer2, f1)  # 16x16
+        f3, f3_pre = run_stage(self.layer3, f2)  # 8x8
         pooled = global_pool(f3)
         feats = {
             "feats": [f0, f1, f2, f3],

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models.cifar._common import ModelOutput, build_model
+from kdharness.models._common import ModelOutput, build_model, run_stage
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -113,13 +113,6 @@ class ResNet(nn.Module):
             self.in_planes = planes * block.expansion
         return nn.Sequential(*layers)
 
-    @staticmethod
-    def _run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        preact = x
-        for block in stage:
-            x, preact = block(x)
-        return x, preact
-
     def get_classifier(self) -> nn.Linear:
         return self.linear
 
@@ -128,10 +121,10 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = self._run_stage(self.layer1, f0)
-        f2, f2_pre = self._run_stage(self.layer2, f1)
-        f3, f3_pre = self._run_stage(self.layer3, f2)
-        f4, f4_pre = self._run_stage(self.layer4, f3)
+        f1, f1_pre = run_stage(self.layer1, f0)
+        f2, f2_pre = run_stage(self.layer2, f1)
+        f3, f3_pre = run_stage(self.layer3, f2)
+        f4, f4_pre = run_stage(self.layer4, f3)
         pooled = torch.flatten(self.avgpool(f4), 1)
         feats = {
             "feats": [f0, f1, f2, f3, f4],

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models.cifar._common import ModelOutput, build_model, global_pool
+from kdharness.models._common import ModelOutput, build_model, global_pool
 
 # net size -> stage widths (last: the 1x1 conv before pooling) and blocks per stage.
 _CONFIGS: dict[float, dict[str, tuple[int, ...]]] = {

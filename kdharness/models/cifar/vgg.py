@@ -7,7 +7,6 @@ teacher loads unchanged.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
@@ -15,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models.cifar._common import ModelOutput, build_model
+from kdharness.models._common import ModelOutput, build_model, init_msra_
 
 # Output channels of each conv in each of the five blocks.
 _CFG_S = ((64,), (128,), (256,), (512,), (512,))  # vgg8
@@ -56,21 +55,7 @@ class VGG(nn.Module):
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(512, num_classes)
         self.stage_channels = [block[-1] for block in cfg]
-        self._initialize_weights()
-
-    def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        init_msra_(self)
 
     def get_classifier(self) -> nn.Linear:
         return self.classifier

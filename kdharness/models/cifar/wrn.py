@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models.cifar._common import ModelOutput, build_model, global_pool
+from kdharness.models._common import ModelOutput, build_model, global_pool
 
 
 class BasicBlock(nn.Module):

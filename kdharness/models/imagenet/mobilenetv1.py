@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models.cifar._common import ModelOutput, build_model
+from kdharness.models._common import ModelOutput, build_model
 
 # (output channels, stride) of the 13 depthwise-separable blocks after the 32-channel stem.
 _DW_BLOCKS = (

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torchvision.models import resnet as tv_resnet
 
-from kdharness.models.cifar._common import ModelOutput, build_model
+from kdharness.models._common import ModelOutput, build_model
 
 
 class BasicBlock(tv_resnet.BasicBlock):

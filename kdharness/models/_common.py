@@ -1,4 +1,4 @@
-"""What every timm entrypoint of the zoo shares: the `pretrained` refusal and timm's extra kwargs.
+"""What the zoo's families share: the `pretrained` refusal, timm's extra kwargs, stage running, init.
 
 Used by both `cifar` and `imagenet` families, so each entrypoint stays a one-liner in timm's
 style. Kept free of model code so importing it registers nothing.
@@ -6,6 +6,8 @@ style. Kept free of model code so importing it registers nothing.
 from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
+
+import math
 
 import torch
 import torch.nn as nn
@@ -60,3 +62,27 @@ def global_pool(x: torch.Tensor) -> torch.Tensor:
     same values there and still works for other input sizes.
     """
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run blocks that return ``(out, preact)``; the stage's pre-activation is its last block's."""
+    preact = x
+    for block in stage:
+        x, preact = block(x)
+    return x, preact
+
+
+def init_msra_(model: nn.Module) -> None:
+    """mdistiller's init for VGG and MobileNetV2: He-normal convs (fan-out), unit BN, small linear."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                m.bias.data.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.data.fill_(1)
+            m.bias.data.zero_()
+        elif isinstance(m, nn.Linear):
+            m.weight.data.normal_(0, 0.01)
+            m.bias.data.zero_()
