@@ -1,7 +1,6 @@
 """Helpers for end-to-end tests: fixture datasets, tiny teacher checkpoints, in-process runs."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -44,7 +43,3 @@ def run_config(cfg_path: str | os.PathLike, opts: Sequence[str], resume: bool = 
     cfg = load_config(str(cfg_path), list(opts))
     trainer = build_trainer(cfg, list(opts), device="cpu")
     return trainer.train(resume=resume)
-
-
-def read_summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
