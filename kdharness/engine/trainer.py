@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from kdharness.engine import distributed
 from kdharness.engine.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 from kdharness.engine.run_info import run_metadata
 from kdharness.engine.utils import (
@@ -102,8 +103,12 @@ class BaseTrainer:
         self.meters = {name: AverageMeter() for name in METER_NAMES}
         self.optimizer = self.init_optimizer(cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=bool(cfg.SOLVER.AMP) and self.device.type == "cuda")
+        if cfg.SOLVER.AMP and self.device.type != "cuda" and self.is_main:
+            # CPU autocast would mean bfloat16, which most CPUs run slower than float32.
+            print(log_msg(f"SOLVER.AMP applies to CUDA only; on {self.device.type} this run stays in float32", "WARN"))
         self.hooks: list[Any] = list(getattr(unwrap(distiller), "trainer_hooks", lambda: [])())
         self._stop_signal: int | None = None
+        self._stop_agreed = False  # distributed: some rank had a stop signal at the last step
         self._lock_handle = None
         self.tf_writer = None
         if self.is_main:
@@ -302,12 +307,13 @@ class BaseTrainer:
             self._call_hooks("after_step", self.global_step, losses)
             pbar.set_description(log_msg(self._progress_message(epoch), "TRAIN"))
             pbar.update()
-            if self._stop_signal is not None or (self.cfg.LOG.SAVE_STEP_FREQ and step % self.cfg.LOG.SAVE_STEP_FREQ == 0 and step < num_iter):
+            stop = self._stop_requested()
+            if stop or (self.cfg.LOG.SAVE_STEP_FREQ and step % self.cfg.LOG.SAVE_STEP_FREQ == 0 and step < num_iter):
                 self.wall_time += time.time() - epoch_start
                 epoch_start = time.time()
                 if self.is_main:
                     self._save_latest(self._state(epoch, step))
-                if self._stop_signal is not None:
+                if stop:
                     pbar.close()
                     raise _StopRequested
         pbar.close()
@@ -333,7 +339,12 @@ class BaseTrainer:
             preds, losses_dict = self.distiller(**batch, epoch=epoch)
         terms = {name: loss.mean() for name, loss in losses_dict.items()}
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
+        non_finite = not torch.isfinite(loss)
+        if distributed.is_distributed():
+            # All ranks must take the same branch: a rank that skips a batch, or stops, alone
+            # would leave the others waiting in the gradient all-reduce.
+            non_finite, self._stop_agreed = distributed.any_rank(non_finite, self._stop_signal is not None)
+        if non_finite:
             return self._handle_non_finite(epoch, step, terms)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -349,6 +360,12 @@ class BaseTrainer:
             for name, value in values.items():
                 self.tf_writer.add_scalar(f"train/{name}", value, self.global_step)
         return values
+
+    def _stop_requested(self) -> bool:
+        """Stop after this step? Distributed: only what all ranks agreed on in `_run_step`."""
+        if distributed.is_distributed():
+            return self._stop_agreed
+        return self._stop_signal is not None
 
     def _handle_non_finite(self, epoch: int, step: int, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         values = {name: float(term.detach()) for name, term in terms.items()}

@@ -1,0 +1,148 @@
+"""The benchmark's functions at tiny sizes: they run, and their records are well formed.
+
+No timing is asserted here: performance claims come from running `tools/bench.py` on a
+quiet machine (docs/performance.md), never from a timed unit test on a shared one.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness_utils import REPO
+from kdharness.bench import PeakMemory, format_table, paired_ratios, round_robin, summarize
+from kdharness.bench.bank_build import bench_bank_build
+from kdharness.bench.retrieval import Case, aux_bytes, bank_bytes, bench_retrieval
+from kdharness.bench.step_time import METHODS, Pair, bench_step_time, method_config, resolve_pair
+
+CPU = torch.device("cpu")
+# The smallest networks of the zoo, in the published recipe's configs: seconds, not minutes.
+TINY = Pair("tiny", "res32x4_res8x4", teacher="resnet8", student="resnet8")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, two OpenMP threads that wait for each
+    other can make a tiny step 100x slower; these tests check records, not speed."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, float) and value > 0 and value == value  # not NaN
+
+
+def test_summary_statistics_and_paired_ratios() -> None:
+    stats = summarize([4.0, 1.0, 3.0, 2.0, 100.0])
+    assert stats["median"] == 3.0 and stats["q1"] == 2.0 and stats["q3"] == 4.0 and stats["iqr"] == 2.0
+    assert stats["n"] == 5 and stats["min"] == 1.0
+    ratios = paired_ratios({"a": [1.0, 2.0, 4.0], "b": [2.0, 4.0, 8.0]}, "a")
+    assert ratios["a"]["median"] == 1.0 and ratios["b"]["median"] == 2.0 and ratios["b"]["iqr"] == 0.0
+    with pytest.raises(ValueError):
+        paired_ratios({"a": [1.0], "b": [1.0, 2.0]}, "a")
+
+
+def test_round_robin_interleaves_and_discards_warmup() -> None:
+    calls: list[str] = []
+    times = round_robin({name: (lambda n=name: calls.append(n)) for name in "abc"}, warmup=1, repeats=3, device=CPU)
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert calls[:3] == ["a", "b", "c"] and calls[3:6] == ["b", "c", "a"]  # rotated each repetition
+    assert all(t >= 0 for values in times.values() for t in values)
+
+
+def test_peak_memory_sees_a_cpu_allocation() -> None:
+    with PeakMemory(CPU) as peak:
+        block = torch.ones(1 << 20)  # 4 MiB
+        del block
+    assert peak.peak_bytes is None or peak.peak_bytes >= 4 << 20
+
+
+def test_methods_resolve_to_shipped_configs() -> None:
+    pair = resolve_pair("res32x4_res8x4")
+    for method in METHODS:
+        path, overrides = method_config(method, pair)
+        assert path.is_file(), path
+        if method.startswith("ICKD+"):
+            assert overrides == [] or overrides[:2] == ["DISTILLER.TYPE", "ICKD"]
+    assert resolve_pair("wrn40_2_wrn_16_2") == Pair("wrn40_2_wrn_16_2", "wrn40_2_wrn_16_2")
+    with pytest.raises(ValueError, match="known pairs"):
+        resolve_pair("no_such_pair")
+
+
+def test_step_time_record() -> None:
+    record = bench_step_time(
+        pair=TINY, batch_size=2, device="cpu", warmup=0, repeats=2, num_data=400,
+        extra_overrides=["CRD.NCE.K", "16", "ICKD.K", "2", "ICKD.N", "2"],
+    )
+    assert record["benchmark"] == "step_time" and record["reference"] == "KD"
+    assert (record["teacher"], record["student"]) == ("resnet8", "resnet8")
+    assert list(record["methods"]) == list(METHODS)
+    assert record["methods"]["KD"]["ratio_to_kd"] == 1.0
+    for method, result in record["methods"].items():
+        assert _positive(result["median_ms"]) and _positive(result["ratio_to_kd"]), method
+        assert len(result["samples_ms"]) == 2 and result["iqr_ms"] >= 0
+    assert record["methods"]["CRD"]["method_state_bytes"] > 0
+    for method in ("ICKD+KD", "ICKD+DKD"):
+        ickd = record["methods"][method]
+        assert ickd["bank_rows"] == 400 and ickd["bank_dim"] == 64  # resnet8's pooled width
+        assert {"loss_picd", "loss_nicd"} <= set(ickd["loss_terms"])
+    assert record["hardware"]["torch_threads"] >= 1
+    json.dumps(record)
+
+
+def test_bank_build_record() -> None:
+    record = bench_bank_build(pair=TINY, num_samples=200, device="cpu", batch_size=100, warmup=0, repeats=1)
+    assert record["reference"] == "teacher_pass" and record["feature_dim"] == 64
+    assert set(record["candidates"]) == {"teacher_pass", "extract+fill", "build_bank", "build_bank_cached"}
+    assert record["candidates"]["teacher_pass"]["ratio_to_teacher_pass"] == 1.0
+    for name, result in record["candidates"].items():
+        assert _positive(result["median_ms"]) and _positive(result["ratio_to_teacher_pass"]), name
+    assert record["bank_bytes"] == 200 * 64 * 4
+    json.dumps(record)
+
+
+def test_retrieval_record_and_memory_accounting() -> None:
+    grid = {"sizes": (2000,), "dims": (16,), "batches": (4, 8), "dtypes": ("fp32", "bf16")}
+    record = bench_retrieval(devices=["cpu"], grid=grid, warmup=0, repeats=2)
+    assert (record["k"], record["n"]) == (8, 8)  # the ICKD defaults
+    assert len(record["cases"]) == 4 and record["skipped"] == []
+    for case in record["cases"]:
+        for key in ("retrieve_median_ms", "matmul_median_ms", "matmul_tflops", "fraction_of_matmul"):
+            assert _positive(case[key]), key
+        assert case["bank_bytes"] == 2000 * 16 * (4 if case["dtype"] == "fp32" else 2)
+        assert case["peak_extra_bytes"] is None or case["peak_extra_bytes"] >= 0
+    # the issue's ImageNet case: 1.28M x 2048 in float16 is ~5 GB of features
+    assert bank_bytes(1_280_000, 2048, "fp16") == 5_242_880_000
+    assert Case(1_280_000, 2048, 256, "fp16").num_classes == 1000 and aux_bytes(50_000, 100) > 0
+    json.dumps(record)
+
+
+def test_retrieval_skips_what_does_not_fit(monkeypatch) -> None:
+    import kdharness.bench.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "available_memory_bytes", lambda device: 1 << 20)
+    record = bench_retrieval(devices=["cpu"], grid={"sizes": (100_000,), "dims": (64,), "batches": (8,), "dtypes": ("fp32",)})
+    assert record["cases"] == [] and "GiB" in record["skipped"][0]["reason"]
+
+
+def test_cli_writes_json_and_prints_a_table(tmp_path: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("bench_cli", REPO / "tools" / "bench.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "bench.json"
+    argv = ["--only", "step", "--device", "cpu", "--pair", "res14_res8", "--methods", "KD,ICKD+KD",
+            "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--json", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ICKD+KD" in printed and "x KD" in printed
+    record = json.loads(out.read_text())
+    assert record["argv"] == argv and "cpu" in record["hardware"]
+    assert set(record["results"]["step"]["methods"]) == {"KD", "ICKD+KD"}
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--only", "nothing"])
+    assert "a" in format_table(["a", "b"], [[1, 2]])
