@@ -245,7 +245,12 @@ class ICKD(DistillerBase):
             features, labels, indices = cached
         else:
             num_workers = int(getattr(trainer.train_loader, "num_workers", 0))
-            features, labels, indices = extract_features(model, classifier, view, self.opts.bank_batch_size, num_workers)
+            # The pass must not consume the global RNG: a run that finds the cache and one that
+            # builds the bank then start training from the same random state.
+            with torch.random.fork_rng(devices=[]):
+                features, labels, indices = extract_features(
+                    model, classifier, view, self.opts.bank_batch_size, num_workers
+                )
         self.bank.fill(features, labels, indices, classifier.out_features, device, key=key)
         self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
         if path and cached is None and dist_world()[0] == 0:

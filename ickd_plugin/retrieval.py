@@ -48,15 +48,32 @@ def exact_topk(values: torch.Tensor, k: int, ids: torch.Tensor | None = None) ->
     index. Returns (top values [B, k], their columns in `values` [B, k]).
 
     A plain topk already returns every value above the k-th largest; only which of the
-    entries *equal* to the k-th value it keeps is unspecified. Those slots are refilled with
-    the first tied columns (a cumsum ranks the ties, a scatter collects the first k), and
-    the k results are re-sorted. No host sync, one topk, a few elementwise passes.
+    entries *equal* to the k-th value it keeps is unspecified. Rows where more columns equal
+    the k-th value than topk kept (exact duplicates at the boundary: rare with real features)
+    are repaired by `_first_ties`; checking for them costs one compare over [B, M] and one
+    host sync. The k results are then re-sorted, a [B, k] operation.
     """
     if ids is not None:
         ids, order = ids.sort(dim=1)  # ties are then resolved in column order
         values = values.gather(1, order)
-    rows, num_cols = values.shape
     top, columns = values.topk(k, dim=1)
+    kth = top[:, -1:]
+    ambiguous = (values == kth).sum(dim=1) > (top == kth).sum(dim=1)
+    if bool(ambiguous.any()):
+        rows = ambiguous.nonzero().squeeze(1)
+        columns[rows] = _first_ties(values[rows], top[rows], columns[rows], k)
+    columns, by_column = columns.sort(dim=1)
+    top, by_value = top.gather(1, by_column).sort(dim=1, descending=True, stable=True)
+    columns = columns.gather(1, by_value)
+    if ids is not None:
+        columns = order.gather(1, columns)
+    return top, columns
+
+
+def _first_ties(values: torch.Tensor, top: torch.Tensor, columns: torch.Tensor, k: int) -> torch.Tensor:
+    """Refill the slots holding the k-th value with the lowest tied columns (a cumsum ranks the
+    ties, a scatter collects the first k); the values in those slots do not change."""
+    rows, num_cols = values.shape
     kth = top[:, -1:]
     num_above = (top > kth).sum(dim=1, keepdim=True)  # these come first in `top` and are right
     tied = values == kth
@@ -66,13 +83,7 @@ def exact_topk(values: torch.Tensor, k: int, ids: torch.Tensor | None = None) ->
     first_tied.scatter_(1, slot, torch.arange(num_cols, device=values.device).expand(rows, num_cols))
     position = torch.arange(k, device=values.device).expand(rows, k)
     from_ties = first_tied.gather(1, (position - num_above).clamp(min=0))
-    columns = torch.where(position >= num_above, from_ties, columns)  # same values: `top` is unchanged
-    columns, by_column = columns.sort(dim=1)
-    top, by_value = top.gather(1, by_column).sort(dim=1, descending=True, stable=True)
-    columns = columns.gather(1, by_value)
-    if ids is not None:
-        columns = order.gather(1, columns)
-    return top, columns
+    return torch.where(position >= num_above, from_ties, columns)
 
 
 def auto_chunk_size(num_queries: int, num_rows: int, chunk_size: int = 0) -> int:

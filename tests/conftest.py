@@ -1,10 +1,12 @@
-"""Shared test settings: small thread pools so the suite behaves the same on 2 cores."""
+"""Shared test settings: one thread per test process, so the suite behaves the same on 2 cores."""
 import os
 
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models and batches: one thread is as fast as two and immune to oversubscription when
+# tests start subprocesses; OMP_NUM_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def pytest_configure(config):

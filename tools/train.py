@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         print(log_msg(f"CONFIG:\n{cfg.dump()}", "INFO"))
         trainer = build_trainer(cfg, args.opts or [])
         trainer.train(resume=args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError) as error:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as error:
+        # ValueError: a distiller or plugin refusing its config node (e.g. ICKD.K too large)
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
