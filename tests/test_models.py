@@ -21,16 +21,6 @@ REFERENCE_FILES = sorted(REFERENCE_DIR.glob("*.json"))
 DATASET_OF_PREFIX = {"cifar100": "cifar_", "imagenet": "imagenet_"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Batch-2 forwards gain nothing from threads, and on a shared 2-core box two threads
-    contend (10x slower here); restore the suite's setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _load(path: Path) -> dict:
     return json.loads(path.read_text())
 

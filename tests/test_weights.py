@@ -21,16 +21,6 @@ from kdharness.models.weights import (
 ARCH = "cifar_resnet8"  # the smallest model: ~0.3 MB checkpoints
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Batch-2 forwards gain nothing from threads, and on a shared 2-core box two threads
-    contend (10x slower here); restore the suite's setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def trained():
     """A resnet8 whose weights differ from any fresh one, so a successful load is visible."""

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from kdharness.engine.run_info import cpu_model
+
 __all__ = [
     "DTYPES",
     "PeakMemory",
@@ -124,17 +126,6 @@ def round_robin(
 # ----------------------------------------------------------------------------- machine
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _meminfo_bytes(field: str) -> int | None:
     try:
         with open("/proc/meminfo") as handle:
@@ -161,7 +152,7 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
     except AttributeError:  # not Linux
         usable_cores = os.cpu_count()
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores,
         "torch_threads": torch.get_num_threads(),
