@@ -188,3 +188,21 @@ def test_nan_policy_skip_drops_the_batch_and_trains_on(fashion_root, tmp_path):
     assert summary["skipped_steps"] == 1 and summary["complete"]
     weights = torch.cat([p.detach().flatten() for p in trainer.distiller.student.parameters()])
     assert torch.isfinite(weights).all()
+
+
+def test_train_cli_exits_75_when_the_run_directory_is_taken(fashion_root, tmp_path, capsys):
+    """tools/sweep.py reads status 75 as "another sweep took this run", not as a failure."""
+    import importlib.util
+
+    from kdharness.engine.build import build_trainer
+
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "tools" / "train.py")
+    train_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_cli)
+    opts = _opts(fashion_root, tmp_path)
+    holder = build_trainer(load_config(str(VANILLA_CFG), opts), device="cpu")
+    try:
+        assert train_cli.main(["--cfg", str(VANILLA_CFG), *opts]) == 75
+    finally:
+        holder._release_lock()
+    assert "in use by another training process" in capsys.readouterr().err

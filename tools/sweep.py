@@ -29,6 +29,7 @@ _OVERRIDE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 _TRAILING_FLAGS = ("--dry-run", "-h", "--help")
 
 SKIP, BUSY, RESUME, RUN = "skip", "busy", "resume", "run"
+EXIT_RUN_DIRECTORY_LOCKED = 75  # tools/train.py's exit status when another process holds the run
 
 
 class PlannedRun(NamedTuple):
@@ -223,7 +224,10 @@ def execute(plan: Sequence[PlannedRun], out: TextIO | None = None) -> int:
             _Child.process = None
             wall = format_duration(time.monotonic() - start)
             reason = _failure(code, run.run_dir)
-            if reason is None:
+            if code == EXIT_RUN_DIRECTORY_LOCKED:  # another sweep took it between our check and its start
+                counts["busy"] += 1
+                say(f"{prefix}: skipped (taken by another training process meanwhile) - {run.run_dir}")
+            elif reason is None:
                 verb = "resumed" if action == RESUME else "ran"
                 counts[verb] += 1
                 say(f"{prefix}: {verb} in {wall}")

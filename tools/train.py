@@ -6,7 +6,11 @@ import sys
 
 from kdharness.config import ConfigError, load_config
 from kdharness.engine.checkpoint import CheckpointError
+from kdharness.engine.trainer import RunDirectoryLocked
 from kdharness.engine.utils import log_msg
+
+
+EXIT_RUN_DIRECTORY_LOCKED = 75  # EX_TEMPFAIL: try again later; tools/sweep.py counts it as busy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         print(log_msg(f"CONFIG:\n{cfg.dump()}", "INFO"))
         trainer = build_trainer(cfg, args.opts or [])
         trainer.train(resume=args.resume)
+    except RunDirectoryLocked as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_RUN_DIRECTORY_LOCKED
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as error:
         # ValueError: a distiller or plugin refusing its config node (e.g. ICKD.K too large)
         print(f"error: {error}", file=sys.stderr)
