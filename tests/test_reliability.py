@@ -200,7 +200,7 @@ def test_train_cli_exits_75_when_the_run_directory_is_taken(fashion_root, tmp_pa
     train_cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_cli)
     opts = _opts(fashion_root, tmp_path)
-    holder = build_trainer(load_config(str(VANILLA_CFG), opts), device="cpu")
+    holder = build_trainer(load_config(str(VANILLA_CFG), opts), opts, device="cpu")
     try:
         assert train_cli.main(["--cfg", str(VANILLA_CFG), *opts]) == 75
     finally:
