@@ -322,3 +322,10 @@ def test_leaderboard_cli_csv_plot_and_compare(runs, tmp_path, capsys):
     assert leaderboard.main([str(runs), "--compare", "ICKD+KD", "DKD"]) == 2
     assert "no column 'DKD'" in capsys.readouterr().err
     assert leaderboard.main([str(tmp_path / "missing")]) == 2
+
+
+def test_online_ickd_is_compared_with_dml_not_offline_kd(tmp_path):
+    for method in ("KD", "DML", "ICKD(online)+KD", "ICKD+KD"):
+        write_summary(tmp_path, method, method=method)
+    board = aggregate(load_summaries([str(tmp_path)])[0])
+    assert sorted(ickd_baselines(board)) == [("ICKD(online)+KD", "DML"), ("ICKD+KD", "KD")]

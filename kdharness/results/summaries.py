@@ -388,12 +388,16 @@ def compare(board: Leaderboard, a: str, b: str, confidence: float = 0.95) -> lis
 
 
 def ickd_baselines(board: Leaderboard) -> list[tuple[str, str]]:
-    """(ICKD variant, its baseline) for every ICKD column: ICKD+KD vs KD, ICKD vs vanilla."""
+    """(ICKD variant, its baseline) for every ICKD column: ICKD+KD vs KD, ICKD vs vanilla, and
+    online ICKD vs DML (the same online training without the ICKD terms, see method_name)."""
     available = set(board.columns) | ({VANILLA} if any(VANILLA in row.cells for row in board.rows) else set())
     pairs = []
     for column in board.columns:
         if column.startswith("ICKD"):
-            base = column.split("+", 1)[1] if "+" in column else VANILLA
+            if column.startswith("ICKD(online)"):
+                base = "DML"
+            else:
+                base = column.split("+", 1)[1] if "+" in column else VANILLA
             if base in available:
                 pairs.append((column, base))
     return pairs
