@@ -206,3 +206,19 @@ def test_train_cli_exits_75_when_the_run_directory_is_taken(fashion_root, tmp_pa
     finally:
         holder._release_lock()
     assert "in use by another training process" in capsys.readouterr().err
+
+
+def test_eval_cli_reproduces_the_runs_accuracy(fashion_root, tmp_path, capsys):
+    """tools/eval.py on student_best and on the full `latest` gives the trainer's own top-1."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_cli", REPO / "tools" / "eval.py")
+    eval_cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_cli)
+    opts = _opts(fashion_root, tmp_path, "EXPERIMENT.NAME", "evaluated")
+    summary = run_config(VANILLA_CFG, opts)
+    capsys.readouterr()
+    for name in ("student_best", "latest"):
+        ckpt = os.path.join(summary["log_path"], name)
+        assert eval_cli.main(["--cfg", str(VANILLA_CFG), "--ckpt", ckpt, *opts]) == 0
+        assert f"top-1 {summary['best_top1']:.2f}" in capsys.readouterr().out
