@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Callable, NamedTuple, Sequence, TextIO
 
+from kdharness.engine.trainer import EXIT_RUN_DIRECTORY_LOCKED
+
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 SEED_KEY = "EXPERIMENT.SEED"
 # An override key such as SOLVER.EPOCHS: where the config list ends and KEY VALUE pairs begin.
@@ -29,7 +31,6 @@ _OVERRIDE_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 _TRAILING_FLAGS = ("--dry-run", "-h", "--help")
 
 SKIP, BUSY, RESUME, RUN = "skip", "busy", "resume", "run"
-EXIT_RUN_DIRECTORY_LOCKED = 75  # tools/train.py's exit status when another process holds the run
 
 
 class PlannedRun(NamedTuple):

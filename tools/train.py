@@ -6,11 +6,8 @@ import sys
 
 from kdharness.config import ConfigError, load_config
 from kdharness.engine.checkpoint import CheckpointError
-from kdharness.engine.trainer import RunDirectoryLocked
+from kdharness.engine.trainer import EXIT_RUN_DIRECTORY_LOCKED, RunDirectoryLocked
 from kdharness.engine.utils import log_msg
-
-
-EXIT_RUN_DIRECTORY_LOCKED = 75  # EX_TEMPFAIL: try again later; tools/sweep.py counts it as busy
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,11 @@ class RunDirectoryLocked(RuntimeError):
     """Another live process is writing to the same run directory."""
 
 
+# tools/train.py's exit status for RunDirectoryLocked (EX_TEMPFAIL: try again later);
+# tools/sweep.py counts a run that ends with it as busy, not as failed.
+EXIT_RUN_DIRECTORY_LOCKED = 75
+
+
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the state before the step was saved."""
 
@@ -465,7 +470,7 @@ class BaseTrainer:
 
 # mdistiller needs a separate CRD trainer to pass contrastive indices; ours passes whatever
 # the loader yields, so "crd" is the same class, kept so mdistiller's CRD configs load.
-trainer_dict_alias = register_trainer("crd")(BaseTrainer)
+register_trainer("crd")(BaseTrainer)
 
 
 def method_name(cfg) -> str:
