@@ -249,7 +249,8 @@ class ICKD(DistillerBase):
             # builds the bank then start training from the same random state.
             with torch.random.fork_rng(devices=[]):
                 features, labels, indices = extract_features(
-                    model, classifier, view, self.opts.bank_batch_size, num_workers
+                    model, classifier, view, self.opts.bank_batch_size, num_workers,
+                    dtype=self.bank.dtype, device=device,
                 )
         self.bank.fill(features, labels, indices, classifier.out_features, device, key=key)
         self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)

@@ -66,13 +66,20 @@ class MemoryBank(nn.Module):
         device: torch.device | str,
         key: str | None = None,
     ) -> None:
-        """Set the bank from per-sample features, labels and dataset indices (any order)."""
-        order = torch.argsort(indices.long())
-        indices = indices.long()[order].to(device)
-        labels = labels.long()[order].to(device)
-        features = features[order].to(device=device, dtype=self.dtype)
-        if indices.numel() and torch.unique(indices).numel() != indices.numel():
-            raise ValueError("the training set returned the same dataset index for two samples")
+        """Set the bank from per-sample features, labels and dataset indices (any order).
+
+        Features already on ``device`` in the bank's dtype (what `extract_features` returns)
+        are kept, not copied; rows are reordered (one copy) only when the indices are not
+        already ascending, i.e. when a dataset's indices do not follow its positions.
+        """
+        indices = indices.to(device=device, dtype=torch.long)
+        labels = labels.to(device=device, dtype=torch.long)
+        features = features.to(device=device, dtype=self.dtype)
+        if indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
+            order = torch.argsort(indices)
+            indices, labels, features = indices[order], labels[order], features[order]
+            if bool((indices[1:] == indices[:-1]).any()):
+                raise ValueError("the training set returned the same dataset index for two samples")
         num_classes = max(int(num_classes), int(labels.max()) + 1 if labels.numel() else 0)
         row_of_index = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long, device=device)
         row_of_index[indices] = torch.arange(indices.numel(), device=device)
@@ -140,8 +147,23 @@ class MemoryBank(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+# Bytes per block when a whole-bank pass needs a copy of the rows (float32 norms, hashing on
+# the host, staging for a broadcast): the copies then stay at about 16 MiB whatever the bank's size.
+_BLOCK_BYTES = 1 << 24
+
+
+def _rows_per_block(row_bytes: int) -> int:
+    return max(1, _BLOCK_BYTES // max(1, row_bytes))
+
+
 def _inverse_norms(features: torch.Tensor) -> torch.Tensor:
-    return features.float().norm(dim=1).clamp_min(1e-12).reciprocal()
+    """``1 / |H_r|`` in float32, computed block by block (a half bank is never upcast whole)."""
+    out = torch.empty(features.shape[0], dtype=torch.float32, device=features.device)
+    step = _rows_per_block(4 * max(1, features.shape[1] if features.dim() > 1 else 1))
+    for start in range(0, features.shape[0], step):
+        block = features[start : start + step].float()
+        out[start : start + block.shape[0]] = block.norm(dim=1).clamp_min(1e-12).reciprocal()
+    return out
 
 
 def class_row_table(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -216,6 +238,47 @@ def no_augmentation_view(train_dataset: Any, val_dataset: Any) -> Any:
     return view
 
 
+def shard_bounds(length: int, rank: int, world: int) -> tuple[int, int]:
+    """Positions ``[start, stop)`` of rank ``rank``'s contiguous share of ``length`` samples."""
+    return length * rank // world, length * (rank + 1) // world
+
+
+def _communication_device() -> torch.device:
+    """Where collectives run: the current GPU under NCCL, the CPU otherwise (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def broadcast_shards(tensors: Sequence[torch.Tensor], length: int) -> None:
+    """Fill every rank's ``tensors`` (first dim ``length``) in place from each rank's shard.
+
+    Rank ``r`` holds the rows `shard_bounds` gives it and broadcasts them; the others receive
+    into the same rows. Nothing of full size is allocated: a tensor on the communication
+    device is broadcast in place, any other (a CPU bank under NCCL) through a staging
+    buffer of about 16 MiB.
+    """
+    _, world = dist_world()
+    if world == 1:
+        return
+    comm = _communication_device()
+    for source in range(world):
+        start, stop = shard_bounds(length, source, world)
+        for tensor in tensors:
+            shard = tensor[start:stop]
+            if shard.numel() == 0:
+                continue
+            if tensor.device == comm:
+                dist.broadcast(shard, src=source)
+                continue
+            step = _rows_per_block(shard[0].numel() * shard.element_size())
+            for first in range(0, shard.shape[0], step):
+                piece = shard[first : first + step]
+                staged = piece.to(comm)
+                dist.broadcast(staged, src=source)
+                piece.copy_(staged)
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -223,49 +286,74 @@ def extract_features(
     dataset: Any,
     batch_size: int,
     num_workers: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One no-grad eval-mode pass: (pooled features [R, D], labels [R], dataset indices [R]).
 
-    In a distributed run each rank reads rows rank::world_size and the results are
-    all-gathered, so every rank returns the whole training set.
+    Rows are in dataset-position order; features are written batch by batch into one
+    preallocated ``[R, D]`` tensor of ``dtype`` on ``device`` (default: the model's), so
+    the pass never holds more than the bank plus one batch (an ImageNet bank of
+    1.28M x 2048 in float16 is 5.2 GB; a float32 staging copy would be 10.5 GB more).
+    In a distributed run each rank passes over a contiguous shard and `broadcast_shards`
+    gives every rank the whole set.
     """
     rank, world = dist_world()
-    device = next(model.parameters()).device
+    model_device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device
+    length = len(dataset)
+    start, stop = shard_bounds(length, rank, world)
     loader = DataLoader(
-        _IndexedView(dataset, range(rank, len(dataset), world)),
+        _IndexedView(dataset, range(start, stop)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=model_device.type == "cuda",
     )
+    # empty, not zeros: every row is written once, by its rank's pass or by the broadcast.
+    features = torch.empty(length, classifier.in_features, dtype=dtype, device=device)
+    labels = torch.empty(length, dtype=torch.long, device=device)
+    indices = torch.empty(length, dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
-    features, labels, indices = [], [], []
+    row = start
     try:
         with ClassifierTap(classifier) as tap:
             for image, target, index in loader:
-                model(image.to(device, non_blocking=True))
-                features.append(tap.features.float())
-                labels.append(torch.as_tensor(target).to(device).long())
-                indices.append(torch.as_tensor(index).to(device).long())
+                model(image.to(model_device, non_blocking=True))
+                batch = tap.features
+                if batch.shape[1] != features.shape[1]:
+                    raise ValueError(
+                        f"the classifier's input has {batch.shape[1]} features per sample, but its "
+                        f"in_features is {features.shape[1]}"
+                    )
+                features[row : row + batch.shape[0]].copy_(batch)
+                labels[row : row + batch.shape[0]].copy_(torch.as_tensor(target))
+                indices[row : row + batch.shape[0]].copy_(torch.as_tensor(index))
+                row += batch.shape[0]
     finally:
         model.train(was_training)
-    if features:
-        local = (torch.cat(features), torch.cat(labels), torch.cat(indices))
-    else:
-        dim = classifier.in_features
-        local = (torch.empty(0, dim, device=device), torch.empty(0, dtype=torch.long, device=device),
-                 torch.empty(0, dtype=torch.long, device=device))
-    return tuple(all_gather_rows(t) for t in local)  # type: ignore[return-value]
+    if row != stop:
+        raise RuntimeError(
+            f"the bank pass read {row - start} samples from {type(dataset).__name__}, but its "
+            f"shard holds {stop - start} (len(dataset) = {length})"
+        )
+    broadcast_shards((features, labels, indices), length)
+    return features, labels, indices
 
 
 # ----------------------------------------------------------------------------- the on-disk cache
 
 
 def _update_with_tensor(digest: Any, tensor: torch.Tensor) -> None:
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    """Hash dtype, shape and raw bytes, streaming ~16 MiB blocks (a GPU bank is never copied whole)."""
+    flat = tensor.detach().reshape(-1)
     digest.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    if not flat.numel():
+        return
+    raw = flat.contiguous().view(torch.uint8)
+    for start in range(0, raw.numel(), _BLOCK_BYTES):
+        digest.update(raw[start : start + _BLOCK_BYTES].cpu().numpy())
 
 
 def _dataset_targets(dataset: Any, depth: int = 3) -> Iterable[int] | None:
@@ -350,7 +438,9 @@ def load_bank_cache(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor, to
         warnings.warn(f"ICKD memory-bank cache {path}: {reason}; rebuilding the bank", stacklevel=3)
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the file's pages are read as needed (checksum, copy to the bank's device) and
+        # never held twice; the writer replaces files atomically, so a mapping stays valid.
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # truncated, corrupt, not a torch file
         first_line = (str(error).strip().splitlines() or [""])[0][:160]
         reject(f"unreadable or truncated ({type(error).__name__}: {first_line})")

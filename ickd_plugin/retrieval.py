@@ -7,7 +7,8 @@ For each query (a batch sample's feature) we need, from the memory bank,
 * negatives: the Top-N bank rows of any other class most similar to it.
 
 Similarity is cosine, ``S = (q / |q|) @ (H / |H|)^T``, computed as one matmul per chunk of
-bank rows (the bank keeps ``1 / |H|`` per row, so no normalised copy is stored). Positives
+bank rows (the bank keeps ``1 / |H|`` per row, so no normalised copy is stored), scaled and
+masked in place so a chunk holds one ``[B, chunk]`` float32 block at a time. Positives
 are read by gathering ``S`` at the sample's class rows from a ``[C, max_class_count]`` table,
 so they never look at other classes; negatives are a top-k over ``S`` with the own class
 masked. ``torch.topk`` does not say which of several equal values it returns, so
@@ -93,12 +94,42 @@ def auto_chunk_size(num_queries: int, num_rows: int, chunk_size: int = 0) -> int
     return max(1, min(num_rows, AUTO_CHUNK_ELEMENTS // max(1, num_queries)))
 
 
+# On a CPU, a half-precision bank is multiplied in float32 blocks of this many rows: CPUs
+# without half-precision matrix units run fp16/bf16 matmuls about 2x slower than upcasting a
+# block and multiplying in float32 (measured, docs/performance.md); the block bounds the copy.
+CPU_UPCAST_BLOCK_ROWS = 4096
+
+
+def similarity_product(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """``q @ bank.T`` in float32 ``[B, R]``, the fastest way the device has.
+
+    q: ``[B, D]`` float32 (normalised queries). On CUDA (tensor cores) and for a float32 bank
+    it is one matmul in the bank's dtype; a half-precision bank on a CPU is upcast block by
+    block (`CPU_UPCAST_BLOCK_ROWS`) and multiplied in float32.
+    """
+    if bank.dtype == torch.float32:
+        return q @ bank.t()
+    if bank.device.type != "cpu":
+        return (q.to(bank.dtype) @ bank.t()).float()
+    out = torch.empty(q.shape[0], bank.shape[0], dtype=torch.float32, device=q.device)
+    for start in range(0, bank.shape[0], CPU_UPCAST_BLOCK_ROWS):
+        block = bank[start : start + CPU_UPCAST_BLOCK_ROWS]
+        out[:, start : start + block.shape[0]] = q @ block.float().t()
+    return out
+
+
 def cosine_similarity(
     queries: torch.Tensor, bank: torch.Tensor, bank_inv_norms: torch.Tensor
 ) -> torch.Tensor:
-    """``S[b, r] = cos(q_b, H_r)`` in float32: one matmul in the bank's dtype, scaled by 1/|H_r|."""
-    q = F.normalize(queries.float(), dim=1).to(bank.dtype)
-    return (q @ bank.t()).float() * bank_inv_norms
+    """``S[b, r] = cos(q_b, H_r)`` in float32: `similarity_product`, scaled in place by 1/|H_r|.
+
+    The query is normalised in float32 and rounded to the bank's dtype before the product,
+    so every device and path sees the same operands.
+    """
+    q = F.normalize(queries.float(), dim=1)
+    if bank.dtype != torch.float32:
+        q = q.to(bank.dtype).float()
+    return similarity_product(q, bank).mul_(bank_inv_norms)
 
 
 def retrieve(
@@ -134,7 +165,7 @@ def retrieve(
         in_chunk = pos_valid & (pos_cols >= start) & (pos_cols < stop)
         gathered = sim.gather(1, (pos_cols - start).clamp(0, stop - start - 1))
         pos_sim = torch.where(in_chunk, gathered, pos_sim)
-        sim = sim.masked_fill(bank_labels[start:stop][None, :] == labels[:, None], float("-inf"))
+        sim.masked_fill_(bank_labels[start:stop][None, :] == labels[:, None], float("-inf"))
         values, columns = exact_topk(sim, min(n, stop - start))
         neg_values.append(values)
         neg_rows.append(columns + start)

@@ -63,6 +63,7 @@ CFG.SOLVER.SCHEDULER = "step"  # ours: "step" (published) or "cosine"
 CFG.SOLVER.AMP = False  # ours: autocast + grad scaling on CUDA
 CFG.SOLVER.CHANNELS_LAST = False
 CFG.SOLVER.NAN_POLICY = "stop"  # ours: "stop" saves state and exits; "skip" drops the batch
+CFG.SOLVER.DDP_FIND_UNUSED_PARAMETERS = False  # ours: torchrun only; True for a method with idle parameters
 
 # Log
 CFG.LOG = CN()

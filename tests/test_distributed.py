@@ -110,7 +110,7 @@ class Jitter:
         return "Jitter(0.05)"
 
 
-def make_datasets():
+def make_datasets(crd_k: int | None = None):
     from kdharness.data.indexed import IndexedDataset
 
     generator = torch.Generator().manual_seed(0)
@@ -120,21 +120,22 @@ def make_datasets():
         targets = [i % NUM_CLASSES for i in range(count)]
         return RawSet(centers[targets] + torch.randn(count, IN_DIM, generator=generator), targets)
 
-    train = IndexedDataset(split(N_TRAIN), Jitter(), seed=0, with_index=True)
+    train = IndexedDataset(split(N_TRAIN), Jitter(), seed=0, with_index=True, crd_k=crd_k)
     val = IndexedDataset(split(N_VAL), None, seed=0, with_index=False)
     return train, val
 
 
-def make_cfg(log_prefix: Path | str, batch_size: int, name: str, epochs: int = 1):
-    """ICKD (offline, KD base) on the MLPs; every key the trainer reads has its harness default."""
+def make_cfg(log_prefix: Path | str, batch_size: int, name: str, epochs: int = 1, method: str = "ICKD"):
+    """ICKD (offline, KD base) or CRD on the MLPs; every key the trainer reads has its harness default."""
     from kdharness.config import get_cfg_defaults
     from kdharness.registry import load_builtin_components
 
     load_builtin_components()
     cfg = get_cfg_defaults()
     cfg.EXPERIMENT.NAME = name
-    cfg.DISTILLER.TYPE = "ICKD"
+    cfg.DISTILLER.TYPE = method
     cfg.ICKD.BASE = "KD"
+    cfg.CRD.NCE.K, cfg.CRD.FEAT.DIM = 8, 6
     cfg.ICKD.K, cfg.ICKD.N, cfg.ICKD.WARMUP = 2, 2, 0
     cfg.ICKD.BANK.USE_CACHE = False
     cfg.ICKD.BANK.BATCH_SIZE = 8  # every bank batch holds 8 samples, single-process and per rank
@@ -151,20 +152,28 @@ def make_cfg(log_prefix: Path | str, batch_size: int, name: str, epochs: int = 1
     return cfg
 
 
-def make_trainer(cfg, rank: int = 0, world: int = 1):
-    """What `build_trainer` does, with the MLPs: loaders sharded by rank, DDP when distributed."""
+def make_trainer(cfg, rank: int = 0, world: int = 1, unused_head: bool = False):
+    """What `build_trainer` does, with the MLPs: loaders sharded by rank, DDP when distributed.
+
+    ``unused_head``: give the student a parameter no loss uses (DDP must be told, or fail clearly).
+    """
     from kdharness.data.loaders import build_loaders
     from kdharness.engine import distributed
     from kdharness.engine.trainer import BaseTrainer
     from kdharness.registry import distiller_dict
 
-    train_set, val_set = make_datasets()
+    crd = cfg.DISTILLER.TYPE == "CRD"
+    train_set, val_set = make_datasets(crd_k=cfg.CRD.NCE.K if crd else None)
     train_loader, val_loader = build_loaders(cfg, train_set, val_set, rank=rank, world_size=world)
     torch.manual_seed(1)
     student, teacher = MLP(), MLP(hidden=10)
+    if unused_head:
+        student.idle = nn.Linear(2, 2)
     teacher.requires_grad_(False)
-    distiller = distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg, num_data=len(train_set))
-    return BaseTrainer(cfg.EXPERIMENT.NAME, distributed.wrap(distiller, torch.device("cpu")), train_loader, val_loader, cfg)
+    extra = {"input_shape": (IN_DIM,)} if crd else {}
+    distiller = distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg, num_data=len(train_set), **extra)
+    wrapped = distributed.wrap(distiller, torch.device("cpu"), cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS)
+    return BaseTrainer(cfg.EXPERIMENT.NAME, wrapped, train_loader, val_loader, cfg)
 
 
 def student_state(trainer) -> dict[str, torch.Tensor]:
@@ -224,9 +233,30 @@ def _rank_worker(rank: int, world: int, port: int, workdir: str) -> None:
         distributed.barrier()
         # 3. resume under DDP: must end where the uninterrupted run 1 ended
         out["resumed"] = student_state(_trained(make_trainer(stop_cfg, rank, world), resume=True))
+        # 4. CRD: every rank takes in the global batch, so the memories match a single process's
+        trainer = _trained(make_trainer(make_cfg(Path(workdir) / "ddp", per_rank, "crd", method="CRD"), rank, world))
+        out["crd"] = crd_state(trainer)
+        # 5. a parameter no loss uses: DDP's error names the config key that allows it
+        idle_cfg = make_cfg(Path(workdir) / "ddp", per_rank, "idle")
+        try:
+            _trained(make_trainer(idle_cfg, rank, world, unused_head=True))
+            out["idle_error"] = None
+        except RuntimeError as error:
+            out["idle_error"] = str(error)
+        idle_cfg.defrost()
+        idle_cfg.EXPERIMENT.NAME, idle_cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS = "idle_allowed", True
+        out["idle_allowed"] = student_state(_trained(make_trainer(idle_cfg, rank, world, unused_head=True)))
         torch.save(out, os.path.join(workdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def crd_state(trainer) -> dict[str, torch.Tensor]:
+    from kdharness.engine.trainer import unwrap
+
+    contrast = unwrap(trainer.distiller).contrast
+    return {"student": student_state(trainer), "memory_v1": contrast.memory_v1.clone(),
+            "memory_v2": contrast.memory_v2.clone(), "params": contrast.params.clone()}
 
 
 def _trained(trainer, resume: bool = False):
@@ -247,11 +277,13 @@ def ddp_run(tmp_path_factory) -> dict[str, Any]:
     with torch_threads(1):  # as the ranks: the same kernels, so the bank can be compared bit for bit
         trainer = make_trainer(make_cfg(workdir / "single", GLOBAL_BATCH, "run", epochs=2))
         summary = trainer.train()
+        crd = crd_state(_trained(make_trainer(make_cfg(workdir / "single", GLOBAL_BATCH, "crd", method="CRD"))))
     bank = unwrap(trainer.distiller).bank
     single = {
         "bank": {name: getattr(bank, name).clone() for name in ("features", "labels", "row_of_index")},
         "student": student_state(trainer),
         "history": summary["history"],
+        "crd": crd,
     }
     return {"ranks": ranks, "single": single, "workdir": workdir}
 
@@ -279,6 +311,29 @@ def test_ddp_half_batches_give_single_process_weights(ddp_run) -> None:
         assert torch.equal(rank0[name], rank1[name]), name  # DDP keeps the ranks identical
         assert torch.allclose(rank0[name], value, rtol=1e-5, atol=1e-6), name
         assert not torch.equal(value, make_trainer_initial_student()[name]), "training did not move the weights"
+
+
+def test_crd_memories_take_in_every_ranks_batch(ddp_run) -> None:
+    """Each rank updates both memories with the global batch and Z is the mean over the ranks, so the
+    ranks agree exactly and equal the single-process run of the global batch up to rounding."""
+    single = ddp_run["single"]["crd"]
+    rank0, rank1 = (r["crd"] for r in ddp_run["ranks"])
+    for name in ("memory_v1", "memory_v2", "params"):
+        assert torch.equal(rank0[name], rank1[name]), name
+        assert torch.allclose(rank0[name], single[name], rtol=1e-5, atol=1e-6), name
+    assert (single["params"][2:4] > 0).all(), "Z was estimated"
+    initial = make_trainer(make_cfg(ddp_run["workdir"] / "unused", GLOBAL_BATCH, "crd0", method="CRD"))
+    assert not torch.allclose(single["memory_v1"], crd_state(initial)["memory_v1"]), "training did not update the memory"
+    for name, value in single["student"].items():
+        assert torch.allclose(rank0["student"][name], value, rtol=1e-5, atol=1e-6), name
+
+
+def test_unused_parameter_fails_naming_the_key_unless_allowed(ddp_run) -> None:
+    for rank in ddp_run["ranks"]:
+        assert rank["idle_error"] is not None and "SOLVER.DDP_FIND_UNUSED_PARAMETERS True" in rank["idle_error"]
+    allowed = [r["idle_allowed"] for r in ddp_run["ranks"]]
+    for name, value in allowed[0].items():
+        assert torch.equal(value, allowed[1][name]), name
 
 
 def make_trainer_initial_student() -> dict[str, torch.Tensor]:

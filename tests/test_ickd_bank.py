@@ -153,15 +153,15 @@ def test_persistent_bank_loads_into_an_empty_one() -> None:
     assert MemoryBank(persistent=False).state_dict() == {}
 
 
-def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str, dtype: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        distiller = make_ickd(BASE="KD", PARADIGM="online")
+        distiller = make_ickd(BASE="KD", PARADIGM="online", **{"BANK.DTYPE": dtype})
         trainer = make_trainer(distiller)
-        distiller.trainer_hooks()[0].before_train(trainer)  # each rank reads rows rank::world, then all-gather
+        distiller.trainer_hooks()[0].before_train(trainer)  # each rank passes over its shard, then broadcasts it
         built = distiller.bank.features.clone()
         # each rank refreshes different rows; after the all-gather every bank holds all updates
         index = torch.tensor([rank, 10 + rank])
@@ -173,18 +173,106 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
 
 
 @pytest.mark.slow  # two spawned gloo processes: ~10 s of start-up on 2 cores
-def test_distributed_build_and_refresh_keep_ranks_identical(tmp_path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_distributed_build_and_refresh_keep_ranks_identical(tmp_path, dtype: str) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path), dtype), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    single = make_ickd(BASE="KD", PARADIGM="online")
+    single = make_ickd(BASE="KD", PARADIGM="online", **{"BANK.DTYPE": dtype})
     single.trainer_hooks()[0].before_train(make_trainer(single))
-    assert torch.allclose(results[0]["built"], single.bank.features, atol=1e-6)
+    assert results[0]["built"].dtype == getattr(torch, dtype)
+    assert torch.allclose(results[0]["built"].float(), single.bank.features.float(), atol=1e-6)
     assert torch.equal(results[0]["built"], results[1]["built"])
     assert torch.equal(results[0]["refreshed"], results[1]["refreshed"])
     expected = results[0]["built"].clone()
     for rank in range(2):
         for row in (rank, 10 + rank):
             expected[row] = 0.5 * expected[row] + 0.5 * (rank + 1)
-    assert torch.allclose(results[0]["refreshed"], expected, atol=1e-6)
+    assert torch.allclose(results[0]["refreshed"].float(), expected.float(), atol=1e-6)
+
+
+# -- what filling a bank costs in memory -------------------------------------------------------
+def test_fill_keeps_ready_features_and_orders_rows_by_dataset_index() -> None:
+    features = torch.randn(4, 3, dtype=torch.float16)
+    bank = MemoryBank(torch.float16)
+    bank.fill(features, torch.tensor([0, 1, 1, 0]), torch.arange(4), 2, "cpu")
+    assert bank.features.data_ptr() == features.data_ptr(), "rows in order and dtype: no copy"
+
+    bank.fill(features, torch.tensor([0, 1, 1, 0]), torch.tensor([7, 2, 5, 3]), 2, "cpu")
+    assert torch.equal(bank.features, features[[1, 3, 2, 0]])  # indices 2, 3, 5, 7
+    assert bank.labels.tolist() == [1, 0, 1, 0]
+    assert bank.rows_for(torch.tensor([7, 2, 4])).tolist() == [3, 0, -1]
+    with pytest.raises(ValueError, match="same dataset index"):
+        bank.fill(features, torch.tensor([0, 1, 1, 0]), torch.tensor([3, 1, 3, 0]), 2, "cpu")
+
+
+def test_extract_features_returns_the_banks_dtype_in_dataset_order() -> None:
+    from ickd_plugin.memory_bank import extract_features
+
+    distiller = make_ickd(BASE="KD")
+    trainer = make_trainer(distiller)
+    view = no_augmentation_view(trainer.train_loader.dataset, trainer.val_loader.dataset)
+    teacher = distiller.teacher
+    full, labels, indices = extract_features(teacher, teacher.fc, view, batch_size=5)
+    half, _, _ = extract_features(teacher, teacher.fc, view, batch_size=7, dtype=torch.float16)
+    assert full.dtype == torch.float32 and half.dtype == torch.float16
+    assert indices.tolist() == list(range(len(view))) and labels.tolist() == view.targets
+    assert torch.equal(half, full.half()), "each batch is rounded to the bank's dtype, nothing else"
+
+
+_PEAK_SCRIPT = r"""
+import resource, sys, tempfile
+import torch, torch.nn as nn
+from ickd_plugin.memory_bank import MemoryBank, extract_features, load_bank_cache, save_bank_cache
+
+ROWS, DIM = 200_000, 512
+
+class Wide(nn.Module):  # tiny input, wide pooled feature: the bank dominates the memory
+    def __init__(self):
+        super().__init__()
+        self.expand, self.fc = nn.Linear(4, DIM), nn.Linear(DIM, 10)
+    def forward(self, x):
+        return self.fc(torch.relu(self.expand(x)))
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self):
+        self.x, self.targets, self.transform = torch.randn(ROWS, 4), torch.arange(ROWS) % 10, None
+    def __len__(self):
+        return ROWS
+    def __getitem__(self, i):
+        return self.x[i], self.targets[i], i
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+torch.set_num_threads(1)
+model, data = Wide(), Data()
+bank = MemoryBank(torch.float16)
+before = rss()
+features, labels, indices = extract_features(model, model.fc, data, batch_size=4096, dtype=torch.float16)
+bank.fill(features, labels, indices, 10, "cpu", key="k")
+del features
+path = tempfile.mkdtemp() + "/bank.pt"
+save_bank_cache(path, "k", bank.features, bank.labels, indices)
+del bank  # a run either builds its bank or reads it from the cache, never both
+features, labels, indices = load_bank_cache(path, "k")
+MemoryBank(torch.float16).fill(features, labels, indices, 10, "cpu")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(peak - before, ROWS * DIM * 2)
+"""
+
+
+@pytest.mark.slow  # a subprocess building a 200 MB bank: ~15 s on 2 cores
+def test_bank_build_save_and_load_peak_memory_stays_near_the_bank_size(tmp_path) -> None:
+    """Build (pass + fill), cache write, cache read: the peak resident memory above the starting point
+    stays within 1.5 banks + 64 MiB. A float32 staging copy alone would be two banks (fp16 bank)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    extra, bank_bytes = (int(v) for v in result.stdout.split())
+    assert extra <= 1.5 * bank_bytes + (64 << 20), f"peak {extra / 2**20:.0f} MiB above start for a {bank_bytes / 2**20:.0f} MiB bank"

@@ -143,3 +143,27 @@ def test_exact_topk_on_many_ties_matches_python_sort(use_ids: bool) -> None:
             expected = sorted(range(30), key=lambda c: (-values[b, c].item(), key[c]))[:k]
             assert cols[b].tolist() == expected
             assert top[b].tolist() == values[b, expected].tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_bank_on_cpu_is_multiplied_in_float32_blocks(dtype: torch.dtype, monkeypatch) -> None:
+    """The CPU path for a half bank (upcast per block, float32 matmul) gives the exact product of the
+    stored values, across block boundaries; retrieval on it matches the float64 reference."""
+    from ickd_plugin import retrieval
+
+    monkeypatch.setattr(retrieval, "CPU_UPCAST_BLOCK_ROWS", 7)  # 40 rows: 5 full blocks and a partial one
+    generator = torch.Generator().manual_seed(3)
+    bank = torch.randn(40, 16, generator=generator).to(dtype)
+    q = torch.randn(5, 16, generator=generator)
+    product = retrieval.similarity_product(q, bank)
+    assert product.dtype == torch.float32 and product.shape == (5, 40)
+    assert torch.allclose(product.double(), q.double() @ bank.double().t(), atol=1e-5)
+
+    half = MemoryBank(dtype)
+    labels = torch.arange(40) % 4
+    half.fill(bank, labels, torch.arange(40), 4, "cpu")
+    queries = half.features[:3].float()
+    got = run(half, queries, labels[:3], torch.arange(3), k=3, n=4)
+    for b in range(3):
+        positives, negatives, _ = reference(half, queries[b], int(labels[b]), b, 3, 4)
+        assert got.pos_rows[b].tolist() == positives and got.neg_rows[b].tolist() == negatives

@@ -7,10 +7,15 @@ own class and a top-N with exact tie-breaking (negatives); then a top-K over the
 Its FLOPs are those of the matmul, so the natural yardstick is a plain matmul of the same
 shape and dtype on the same device, timed in the same process and interleaved with it:
 
-* ``matmul``: ``q @ H[chunk].T`` over the same chunks that `retrieve` uses (the chunking
-  only bounds the similarity block's memory; it is the shape the hardware sees);
-* ``matmul+topk``: the same plus ``torch.topk(N)`` per chunk: the least any top-N retrieval
-  must do;
+* ``matmul``: the similarity product ``q @ H[chunk].T`` over the same chunks that
+  `retrieve` uses (the chunking only bounds the similarity block's memory; it is the shape
+  the hardware sees), computed as retrieval computes it (`similarity_product`: one matmul
+  in the bank's dtype, except a half bank on a CPU, which is upcast block by block and
+  multiplied in float32 because that is faster there);
+* ``matmul_native``: the plain ``q @ H[chunk].T`` in the bank's dtype, whatever the device:
+  on a CPU without half-precision matrix units it shows why the upcast is used;
+* ``matmul+topk``: ``matmul`` plus ``torch.topk(N)`` per chunk: the least any top-N
+  retrieval must do;
 * ``retrieve``: the plugin's function, exactly as the ICKD step calls it.
 
 ``fraction_of_matmul = t(matmul) / t(retrieve)``: 1.0 means retrieval runs at the speed of
@@ -108,28 +113,33 @@ def make_bank(bank_size: int, dim: int, dtype: torch.dtype, num_classes: int, de
 
 
 def _case_candidates(case: Case, bank: tuple, k: int, n: int, device: torch.device, seed: int) -> dict[str, Callable[[], Any]]:
-    from ickd_plugin.retrieval import auto_chunk_size, retrieve
+    from ickd_plugin.retrieval import auto_chunk_size, retrieve, similarity_product
 
     features, inv_norms, labels, class_rows = bank
     generator = torch.Generator(device=device).manual_seed(seed + case.batch)
     self_rows = torch.randperm(case.bank_size, generator=generator, device=device)[: case.batch]
     queries = torch.randn(case.batch, case.dim, generator=generator, device=device).abs_()
     query_labels = labels[self_rows]
-    q = torch.nn.functional.normalize(queries, dim=1).to(features.dtype)
+    q_native = torch.nn.functional.normalize(queries, dim=1).to(features.dtype)
+    q = q_native.float()  # the operands retrieval multiplies
     chunk = auto_chunk_size(case.batch, case.bank_size)
 
     def matmul() -> None:
         for start in range(0, case.bank_size, chunk):
-            q @ features[start : start + chunk].t()
+            similarity_product(q, features[start : start + chunk])
+
+    def matmul_native() -> None:
+        for start in range(0, case.bank_size, chunk):
+            q_native @ features[start : start + chunk].t()
 
     def matmul_topk() -> None:
         for start in range(0, case.bank_size, chunk):
-            (q @ features[start : start + chunk].t()).topk(min(n, chunk), dim=1)
+            similarity_product(q, features[start : start + chunk]).topk(min(n, chunk), dim=1)
 
     def run_retrieve() -> None:
         retrieve(queries, query_labels, self_rows, features, inv_norms, labels, class_rows, k, n)
 
-    return {"matmul": matmul, "matmul+topk": matmul_topk, "retrieve": run_retrieve}
+    return {"matmul": matmul, "matmul_native": matmul_native, "matmul+topk": matmul_topk, "retrieve": run_retrieve}
 
 
 def bench_retrieval(
@@ -216,6 +226,7 @@ def _measure_case(case: Case, bank: tuple, k: int, n: int, device: torch.device,
         "retrieve_iqr_ms": stats["retrieve"]["iqr"] * 1e3,
         "matmul_median_ms": matmul_s * 1e3,
         "matmul_iqr_ms": stats["matmul"]["iqr"] * 1e3,
+        "matmul_native_median_ms": stats["matmul_native"]["median"] * 1e3,
         "matmul_topk_median_ms": stats["matmul+topk"]["median"] * 1e3,
         "matmul_tflops": flops / matmul_s / 1e12,
         "retrieve_effective_tflops": flops / retrieve_s / 1e12,

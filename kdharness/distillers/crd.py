@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from kdharness.distillers._base import Distiller
 from kdharness.distillers.kd import require_teacher
+from kdharness.engine.distributed import all_gather_batch, mean_over_ranks
 from kdharness.registry import register_distiller
 
 # Input shape of one sample per DATASET.TYPE, used for the feature-width probe below.
@@ -157,16 +158,21 @@ class ContrastMemory(nn.Module):
             out_v1 = nce_critic(rows_v2, v1, temperature)
 
             with torch.no_grad():
-                # Z ~ num_data * E[exp(<m, v>/T)]: set once from the first batch, then kept.
-                estimate = torch.stack([out_v1.mean(), out_v2.mean()]) * self.num_data
+                # Z ~ num_data * E[exp(<m, v>/T)]: set once from the first batch, then kept;
+                # distributed, from the mean over the ranks (the global first batch), so all agree.
+                estimate = mean_over_ranks(torch.stack([out_v1.mean(), out_v2.mean()]) * self.num_data)
                 self.params[2:4] = torch.where(self.params[2:4] < 0, estimate, self.params[2:4])
                 z = self.params[2:4].clone()
             out_v1 = out_v1 / z[0]
             out_v2 = out_v2 / z[1]
 
             with torch.no_grad():
-                new_v1 = momentum_update(self.memory_v1.index_select(0, index), v1.detach(), momentum)
-                new_v2 = momentum_update(self.memory_v2.index_select(0, index), v2.detach(), momentum)
+                # Distributed, every rank takes in the whole global batch: the memories stay
+                # identical across ranks and equal to a single process's.
+                index = all_gather_batch(index)
+                v1, v2 = all_gather_batch(v1.detach()), all_gather_batch(v2.detach())
+                new_v1 = momentum_update(self.memory_v1.index_select(0, index), v1, momentum)
+                new_v2 = momentum_update(self.memory_v2.index_select(0, index), v2, momentum)
                 self.memory_v1.index_copy_(0, index, new_v1)
                 self.memory_v2.index_copy_(0, index, new_v2)
         return out_v1.contiguous(), out_v2.contiguous()

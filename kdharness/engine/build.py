@@ -86,5 +86,5 @@ def build_trainer(cfg, opts: Sequence[str] = (), device: str | None = None):
     extra = getattr(distiller, "get_extra_parameters", lambda: 0)()
     if cfg.DISTILLER.TYPE != "NONE" and rank == 0:
         print(log_msg(f"Extra parameters of {cfg.DISTILLER.TYPE}: {extra}", "INFO"))
-    distiller = distributed.wrap(distiller, target)
+    distiller = distributed.wrap(distiller, target, cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS)
     return trainer_dict[cfg.SOLVER.TRAINER](experiment_name(cfg, opts), distiller, train_loader, val_loader, cfg)

@@ -11,8 +11,9 @@ What a distributed run shares, and how:
 * the networks' buffers (BatchNorm statistics of ``student.*`` and ``teacher.*``): DDP
   broadcasts rank 0's at the start of every forward, so all ranks evaluate the same model;
 * a method's own state (CRD's memories, ICKD's memory bank, anything outside the two
-  networks): NOT broadcast. The owner keeps it consistent itself (ICKD builds its bank in
-  shards and all-gathers it, and all-gathers each step's refresh). Broadcasting it would
+  networks): NOT broadcast. The owner keeps it consistent itself: ICKD builds its bank in
+  shards and broadcasts them, and all-gathers each step's refresh; CRD all-gathers each
+  step's memory update (`all_gather_batch`) and averages its Z estimate over the ranks. Broadcasting it would
   copy the whole state every step: 51 MB for CIFAR-100's CRD memories, gigabytes for an
   ImageNet bank (1.28M x 2048 in float16 is 5.2 GB);
 * decisions that change the control flow (stop on a signal, skip a non-finite batch): agreed
@@ -67,8 +68,13 @@ def method_state_buffers(distiller: nn.Module) -> list[str]:
     return [name for name, _ in distiller.named_buffers() if not name.startswith(NETWORK_PREFIXES)]
 
 
-def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:
-    """DDP around the distiller when distributed; the bare distiller otherwise."""
+def wrap(distiller: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """DDP around the distiller when distributed; the bare distiller otherwise.
+
+    ``find_unused_parameters`` (``SOLVER.DDP_FIND_UNUSED_PARAMETERS``): let DDP walk the
+    autograd graph every step to find parameters that got no gradient. Off by default, as in
+    torch: the walk costs time every step, and every shipped method uses all its parameters.
+    """
     if not is_distributed():
         return distiller
     ignored = method_state_buffers(distiller)
@@ -76,8 +82,9 @@ def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:
         # Names, not tensors: a method may replace a buffer (ICKD fills its bank after this).
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(distiller, ignored)
     device_ids = [device.index] if device.type == "cuda" else None
-    # Online teachers and unused heads make some parameters idle on some steps.
-    return nn.parallel.DistributedDataParallel(distiller, device_ids=device_ids, find_unused_parameters=True)
+    return nn.parallel.DistributedDataParallel(
+        distiller, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def any_rank(*flags: bool, device: torch.device | None = None) -> tuple[bool, ...]:
@@ -92,6 +99,26 @@ def any_rank(*flags: bool, device: torch.device | None = None) -> tuple[bool, ..
     values = torch.tensor([int(bool(flag)) for flag in flags], dtype=torch.int32, device=device)
     dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return tuple(bool(v) for v in values.tolist())
+
+
+def all_gather_batch(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0 in rank order; the tensor itself when
+    not distributed. All ranks must pass the same shape: the per-rank batches of a step are
+    equal in size (the sampler pads every rank to the same count)."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of ``tensor`` over the ranks (a new tensor; itself when not distributed)."""
+    if not is_distributed():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)  # SUM: gloo has no AVG
+    return total / dist.get_world_size()
 
 
 def barrier() -> None:

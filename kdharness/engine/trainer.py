@@ -341,7 +341,15 @@ class BaseTrainer:
         self.meters["data_time"].update(time.time() - start)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, enabled=self.scaler.is_enabled()):
-            preds, losses_dict = self.distiller(**batch, epoch=epoch)
+            try:
+                preds, losses_dict = self.distiller(**batch, epoch=epoch)
+            except RuntimeError as error:
+                if "find_unused_parameters" in str(error):  # DDP found a parameter that got no gradient
+                    raise RuntimeError(
+                        f"{error}\nIn this harness: set SOLVER.DDP_FIND_UNUSED_PARAMETERS True for a "
+                        f"method ({self.cfg.DISTILLER.TYPE}) whose parameters are not all used in every step"
+                    ) from error
+                raise
         terms = {name: loss.mean() for name, loss in losses_dict.items()}
         loss = sum(terms.values())
         non_finite = not torch.isfinite(loss)
