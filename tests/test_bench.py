@@ -147,3 +147,12 @@ def test_cli_writes_json_and_prints_a_table(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         cli.parse_args(["--only", "nothing"])
     assert "a" in format_table(["a", "b"], [[1, 2]])
+
+    argv = ["--only", "retrieval", "--retrieval-devices", "cpu", "--sizes", "3000", "--dims", "8",
+            "--batches", "4", "--dtypes", "fp16", "--warmup", "0", "--repeats", "1", "--json", str(out)]
+    assert cli.main(argv) == 0
+    cases = json.loads(out.read_text())["results"]["retrieval"]["cases"]
+    assert [(c["bank_size"], c["dim"], c["batch"], c["dtype"]) for c in cases] == [(3000, 8, 4, "fp16")]
+    for bad in (["--sizes", "1e6"], ["--dtypes", "fp8"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(bad)

@@ -45,12 +45,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bank-samples", type=int, default=None, help="samples of the bank-build benchmark (default 2048 CPU, 50000 GPU)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the bank-build benchmark")
     parser.add_argument("--retrieval-devices", default=None, help="comma-separated devices of the retrieval benchmark (default: cuda if present, and cpu)")
+    for name, example in (("sizes", "50000,1280000"), ("dims", "256,2048"), ("batches", "64,256"), ("dtypes", "fp32,fp16,bf16")):
+        parser.add_argument(f"--{name}", default=None, help=f"retrieval grid: replace the grid's {name} (e.g. {example})")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 3 step / 1 others; --quick 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed iterations (default 20 step / 5 others; --quick 5 / 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the full record to FILE")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    args.grid_overrides = {}
+    for name in ("sizes", "dims", "batches", "dtypes"):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        try:
+            args.grid_overrides[name] = tuple(items if name == "dtypes" else (int(item) for item in items))
+        except ValueError:
+            parser.error(f"--{name}: expected comma-separated integers, got {value!r}")
+    unknown_dtypes = sorted(set(args.grid_overrides.get("dtypes", ())) - {"fp32", "fp16", "bf16"})
+    if unknown_dtypes:
+        parser.error(f"--dtypes: unknown {', '.join(unknown_dtypes)}; allowed: fp32, fp16, bf16")
     unknown = sorted(set(args.only) - set(BENCHMARKS))
     if unknown:
         parser.error(f"--only: unknown benchmark(s) {', '.join(unknown)}; allowed: {', '.join(BENCHMARKS)}")
@@ -100,7 +115,7 @@ def run_bank(args: argparse.Namespace) -> dict[str, Any]:
 def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from kdharness.bench.retrieval import bench_retrieval
+    from kdharness.bench.retrieval import GRIDS, bench_retrieval
 
     if args.retrieval_devices:
         devices = [d.strip() for d in args.retrieval_devices.split(",") if d.strip()]
@@ -109,7 +124,9 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     records = []
     for device in devices:
         # The full grid is minutes on a GPU and hours on a CPU: a CPU gets it only when asked.
-        grid = "full" if args.full or (device.startswith("cuda") and not args.quick) else "quick"
+        grid: Any = "full" if args.full or (device.startswith("cuda") and not args.quick) else "quick"
+        if args.grid_overrides:
+            grid = {**GRIDS[grid], **args.grid_overrides}
         records.append(
             bench_retrieval(
                 devices=[device], grid=grid, warmup=_warmup(args, 1), repeats=_repeats(args, 3, 5), progress=_log
