@@ -357,7 +357,6 @@ class ICKD(DistillerBase):
                 bank.rows_for(index),
                 bank.features,
                 bank.inv_norms,
-                bank.labels,
                 bank.class_rows,
                 opts.k,
                 opts.n,

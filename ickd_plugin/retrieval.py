@@ -49,20 +49,24 @@ def exact_topk(values: torch.Tensor, k: int, ids: torch.Tensor | None = None) ->
     index. Returns (top values [B, k], their columns in `values` [B, k]).
 
     A plain topk already returns every value above the k-th largest; only which of the
-    entries *equal* to the k-th value it keeps is unspecified. Rows where more columns equal
-    the k-th value than topk kept (exact duplicates at the boundary: rare with real features)
-    are repaired by `_first_ties`; checking for them costs one compare over [B, M] and one
-    host sync. The k results are then re-sorted, a [B, k] operation.
+    entries *equal* to the k-th value it keeps is unspecified. That choice matters only in
+    rows where a tied entry was left out, i.e. where the (k+1)-th largest value equals the
+    k-th: we ask topk for k + 1 values, so spotting those rows costs a [B] compare, not a
+    pass over [B, M]. They (exact duplicates at the boundary: rare with real features) are
+    repaired by `_first_ties`, at one host sync per call. The k results are then re-sorted,
+    a [B, k] operation.
     """
     if ids is not None:
         ids, order = ids.sort(dim=1)  # ties are then resolved in column order
         values = values.gather(1, order)
-    top, columns = values.topk(k, dim=1)
-    kth = top[:, -1:]
-    ambiguous = (values == kth).sum(dim=1) > (top == kth).sum(dim=1)
-    if bool(ambiguous.any()):
-        rows = ambiguous.nonzero().squeeze(1)
-        columns[rows] = _first_ties(values[rows], top[rows], columns[rows], k)
+    num_cols = values.shape[1]
+    top, columns = values.topk(min(k + 1, num_cols), dim=1)
+    if num_cols > k:
+        ambiguous = top[:, k] == top[:, k - 1]
+        top, columns = top[:, :k], columns[:, :k]
+        if bool(ambiguous.any()):
+            rows = ambiguous.nonzero().squeeze(1)
+            columns[rows] = _first_ties(values[rows], top[rows], columns[rows], k)
     columns, by_column = columns.sort(dim=1)
     top, by_value = top.gather(1, by_column).sort(dim=1, descending=True, stable=True)
     columns = columns.gather(1, by_value)
@@ -138,7 +142,6 @@ def retrieve(
     self_rows: torch.Tensor,
     bank: torch.Tensor,
     bank_inv_norms: torch.Tensor,
-    bank_labels: torch.Tensor,
     class_rows: torch.Tensor,
     k: int,
     n: int,
@@ -148,8 +151,8 @@ def retrieve(
     """Retrieve positives and negatives for a batch of queries.
 
     queries [B, D]; labels [B] (class of each query); self_rows [B] (the query's own bank row,
-    -1 if it has none); bank [R, D]; bank_inv_norms [R] float32; bank_labels [R];
-    class_rows [C, M]: bank rows of each class in ascending order, padded with -1.
+    -1 if it has none); bank [R, D]; bank_inv_norms [R] float32; class_rows [C, M]: bank
+    rows of each class in ascending order, padded with -1 (the bank's labels, as a table).
     The caller guarantees K <= (smallest class size - 1) and N <= (smallest other-class
     count), see `MemoryBank.check_capacity`.
     """
@@ -165,7 +168,16 @@ def retrieve(
         in_chunk = pos_valid & (pos_cols >= start) & (pos_cols < stop)
         gathered = sim.gather(1, (pos_cols - start).clamp(0, stop - start - 1))
         pos_sim = torch.where(in_chunk, gathered, pos_sim)
-        sim.masked_fill_(bank_labels[start:stop][None, :] == labels[:, None], float("-inf"))
+        # Negatives exclude the own class: -inf at the query's class rows in this chunk, set
+        # through the class table (a [B, M_class] scatter, not a [B, chunk] label compare).
+        # amin with +inf leaves a column alone, so padding and other chunks' rows are harmless.
+        own_in_chunk = (pos_cols >= start) & (pos_cols < stop)
+        sim.scatter_reduce_(
+            1,
+            (pos_cols - start).clamp_(0, stop - start - 1),
+            torch.where(own_in_chunk, float("-inf"), float("inf")),
+            reduce="amin",
+        )
         values, columns = exact_topk(sim, min(n, stop - start))
         neg_values.append(values)
         neg_rows.append(columns + start)

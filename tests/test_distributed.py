@@ -2,8 +2,11 @@
 
 A distributed run must equal a single-process run wherever the maths says it must:
 
-* ICKD's memory bank, built in shards (rank r reads rows r::world) and all-gathered, equals
-  the single-process bank exactly (eval mode, no augmentation, same per-batch shapes);
+* ICKD's memory bank, built in shards (rank r passes over a contiguous 1/world of the
+  rows) and broadcast, equals the single-process bank exactly (eval mode, no augmentation,
+  same per-batch shapes);
+* CRD's memories, updated on every rank with the all-gathered global batch, equal the
+  single-process memories (and the ranks agree exactly);
 * with a BatchNorm-free model and losses that are means over the batch, training with
   global batch B (B/2 per rank, DDP averaging the gradients) gives the weights of
   single-process batch B, up to float rounding in the all-reduce;

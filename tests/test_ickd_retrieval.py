@@ -21,7 +21,7 @@ def make_bank(num_rows: int, dim: int, num_classes: int, seed: int = 0) -> Memor
 
 
 def run(bank: MemoryBank, queries, labels, self_rows, k, n, all_same_class=False, chunk_size=0):
-    return retrieve(queries, labels, self_rows, bank.features, bank.inv_norms, bank.labels, bank.class_rows,
+    return retrieve(queries, labels, self_rows, bank.features, bank.inv_norms, bank.class_rows,
                     k, n, all_same_class=all_same_class, chunk_size=chunk_size)
 
 

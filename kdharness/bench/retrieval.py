@@ -137,7 +137,7 @@ def _case_candidates(case: Case, bank: tuple, k: int, n: int, device: torch.devi
             similarity_product(q, features[start : start + chunk]).topk(min(n, chunk), dim=1)
 
     def run_retrieve() -> None:
-        retrieve(queries, query_labels, self_rows, features, inv_norms, labels, class_rows, k, n)
+        retrieve(queries, query_labels, self_rows, features, inv_norms, class_rows, k, n)
 
     return {"matmul": matmul, "matmul_native": matmul_native, "matmul+topk": matmul_topk, "retrieve": run_retrieve}
 

@@ -11,11 +11,11 @@ What a distributed run shares, and how:
 * the networks' buffers (BatchNorm statistics of ``student.*`` and ``teacher.*``): DDP
   broadcasts rank 0's at the start of every forward, so all ranks evaluate the same model;
 * a method's own state (CRD's memories, ICKD's memory bank, anything outside the two
-  networks): NOT broadcast. The owner keeps it consistent itself: ICKD builds its bank in
-  shards and broadcasts them, and all-gathers each step's refresh; CRD all-gathers each
-  step's memory update (`all_gather_batch`) and averages its Z estimate over the ranks. Broadcasting it would
-  copy the whole state every step: 51 MB for CIFAR-100's CRD memories, gigabytes for an
-  ImageNet bank (1.28M x 2048 in float16 is 5.2 GB);
+  networks): NOT broadcast by DDP, which would copy the whole state every step (51 MB for
+  CIFAR-100's CRD memories, 5.2 GB for an ImageNet bank of 1.28M x 2048 in float16). The
+  owner keeps it consistent: ICKD builds its bank in shards and broadcasts them, and
+  all-gathers each step's refresh; CRD all-gathers each step's memory update
+  (`all_gather_batch`) and averages its Z estimate over the ranks (`mean_over_ranks`);
 * decisions that change the control flow (stop on a signal, skip a non-finite batch): agreed
   by all ranks (`any_rank`), since a rank that leaves the loop alone leaves the others
   waiting in a collective forever.
