@@ -56,10 +56,12 @@ def exact_topk(values: torch.Tensor, k: int, ids: torch.Tensor | None = None) ->
     repaired by `_first_ties`, at one host sync per call. The k results are then re-sorted,
     a [B, k] operation.
     """
+    num_cols = values.shape[1]
+    if not 1 <= k <= num_cols:
+        raise ValueError(f"exact_topk: k = {k}, expected 1 <= k <= {num_cols} (the number of columns)")
     if ids is not None:
         ids, order = ids.sort(dim=1)  # ties are then resolved in column order
         values = values.gather(1, order)
-    num_cols = values.shape[1]
     top, columns = values.topk(min(k + 1, num_cols), dim=1)
     if num_cols > k:
         ambiguous = top[:, k] == top[:, k - 1]
