@@ -167,3 +167,12 @@ def test_half_bank_on_cpu_is_multiplied_in_float32_blocks(dtype: torch.dtype, mo
     for b in range(3):
         positives, negatives, _ = reference(half, queries[b], int(labels[b]), b, 3, 4)
         assert got.pos_rows[b].tolist() == positives and got.neg_rows[b].tolist() == negatives
+
+
+def test_exact_topk_rejects_k_outside_the_columns() -> None:
+    values = torch.tensor([[3.0, 1.0, 2.0]])
+    for k in (0, 4):
+        with pytest.raises(ValueError, match=f"k = {k}, expected 1 <= k <= 3"):
+            exact_topk(values, k)
+    top, columns = exact_topk(values, 3)  # k = all columns: no (k+1)-th value to compare with
+    assert top.tolist() == [[3.0, 2.0, 1.0]] and columns.tolist() == [[0, 2, 1]]
