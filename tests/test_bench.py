@@ -156,3 +156,27 @@ def test_cli_writes_json_and_prints_a_table(tmp_path: Path, capsys) -> None:
     for bad in (["--sizes", "1e6"], ["--dtypes", "fp8"]):
         with pytest.raises(SystemExit):
             cli.parse_args(bad)
+
+
+@pytest.mark.slow  # four benchmark processes at tiny sizes: about 1.5 minutes on 2 cores
+def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
+    """scripts/bench_gpu.sh is the one command a GPU session runs: it must keep working as the
+    benchmark's options evolve. On CPU (BENCH_DEVICE=cpu) it runs the same commands at tiny sizes."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, BENCH_DEVICE="cpu", OMP_NUM_THREADS="1")
+    result = subprocess.run(["bash", str(REPO / "scripts" / "bench_gpu.sh"), str(tmp_path)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {name: json.loads((tmp_path / f"{name}.json").read_text())
+               for name in ("step_fp32", "step_amp_channels_last", "bank", "retrieval")}
+    assert records["step_fp32"]["results"]["step"]["teacher"] == "resnet32x4"
+    assert records["step_amp_channels_last"]["results"]["step"]["channels_last"] is True
+    assert records["bank"]["results"]["bank"]["teacher"] == "resnet32x4"
+    cases = records["retrieval"]["results"]["retrieval"]["cases"]
+    assert {(c["dim"], c["batch"], c["dtype"]) for c in cases} == {
+        (d, b, t) for d in (256, 2048) for b in (64, 256) for t in ("fp32", "fp16")}
+    missing_gpu = subprocess.run(["bash", str(REPO / "scripts" / "bench_gpu.sh"), str(tmp_path / "gpu")], cwd=REPO,
+                                 env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300)
+    assert missing_gpu.returncode != 0 and "no CUDA device" in missing_gpu.stderr
