@@ -159,7 +159,7 @@ def _rows_per_block(row_bytes: int) -> int:
 def _inverse_norms(features: torch.Tensor) -> torch.Tensor:
     """``1 / |H_r|`` in float32, computed block by block (a half bank is never upcast whole)."""
     out = torch.empty(features.shape[0], dtype=torch.float32, device=features.device)
-    step = _rows_per_block(4 * max(1, features.shape[1] if features.dim() > 1 else 1))
+    step = _rows_per_block(4 * features.shape[1])  # bytes of one row in float32
     for start in range(0, features.shape[0], step):
         block = features[start : start + step].float()
         out[start : start + block.shape[0]] = block.norm(dim=1).clamp_min(1e-12).reciprocal()

@@ -101,8 +101,9 @@ def auto_chunk_size(num_queries: int, num_rows: int, chunk_size: int = 0) -> int
 
 
 # On a CPU, a half-precision bank is multiplied in float32 blocks of this many rows: CPUs
-# without half-precision matrix units run fp16/bf16 matmuls about 2x slower than upcasting a
-# block and multiplying in float32 (measured, docs/performance.md); the block bounds the copy.
+# without half-precision matrix units run fp16/bf16 matmuls slower than upcasting a block and
+# multiplying in float32 (1.1-5.4x on the development CPU, docs/performance.md section 4);
+# the block bounds the copy.
 CPU_UPCAST_BLOCK_ROWS = 4096
 
 
@@ -167,18 +168,15 @@ def retrieve(
     for start in range(0, num_rows, chunk):
         stop = min(start + chunk, num_rows)
         sim = cosine_similarity(queries, bank[start:stop], bank_inv_norms[start:stop])
-        in_chunk = pos_valid & (pos_cols >= start) & (pos_cols < stop)
-        gathered = sim.gather(1, (pos_cols - start).clamp(0, stop - start - 1))
-        pos_sim = torch.where(in_chunk, gathered, pos_sim)
-        # Negatives exclude the own class: -inf at the query's class rows in this chunk, set
-        # through the class table (a [B, M_class] scatter, not a [B, chunk] label compare).
-        # amin with +inf leaves a column alone, so padding and other chunks' rows are harmless.
+        # The query's class rows that fall in this chunk, as columns of `sim` (others clamped).
         own_in_chunk = (pos_cols >= start) & (pos_cols < stop)
+        own_columns = (pos_cols - start).clamp_(0, stop - start - 1)
+        pos_sim = torch.where(own_in_chunk & pos_valid, sim.gather(1, own_columns), pos_sim)
+        # Negatives exclude the own class: -inf at those columns, set through the class table
+        # (a [B, M_class] scatter, not a [B, chunk] label compare). amin with +inf leaves a
+        # column alone, so padding and other chunks' rows are harmless.
         sim.scatter_reduce_(
-            1,
-            (pos_cols - start).clamp_(0, stop - start - 1),
-            torch.where(own_in_chunk, float("-inf"), float("inf")),
-            reduce="amin",
+            1, own_columns, torch.where(own_in_chunk, float("-inf"), float("inf")), reduce="amin"
         )
         values, columns = exact_topk(sim, min(n, stop - start))
         neg_values.append(values)
