@@ -86,3 +86,36 @@ def init_msra_(model: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             m.weight.data.normal_(0, 0.01)
             m.bias.data.zero_()
+
+
+class FeatureHelpers:
+    """mdistiller's feature helpers (``get_stage_channels``, ``get_bn_before_relu``,
+    ``get_feat_modules``), implemented once for every family of the zoo.
+
+    Feature-based distillers (OFD reads the teacher's BNs that precede each stage's final
+    ReLU, and the stage widths of both networks) call these on any model, so each family
+    only declares *which* modules they are, by their ``named_modules`` path, in ``__init__``:
+    ``stage_channels``, ``bn_before_relu_names`` (None where mdistiller raises, e.g. the
+    ShuffleNets) and ``feat_module_names``. Results equal mdistiller's models' (tested).
+    """
+
+    stage_channels: list[int]
+    bn_before_relu_names: tuple[str, ...] | None = None
+    feat_module_names: tuple[str, ...] = ()
+
+    def get_stage_channels(self) -> list[int]:
+        """Channels of each stage's output feature, stem first, as mdistiller reports them."""
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm whose output (plus any shortcut) each stage's last ReLU sees."""
+        if self.bn_before_relu_names is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no BatchNorm directly before its stages' ReLU (mdistiller "
+                "raises here too), so it cannot be an OFD teacher; choose another DISTILLER.TEACHER"
+            )
+        return [self.get_submodule(name) for name in self.bn_before_relu_names]  # type: ignore[attr-defined]
+
+    def get_feat_modules(self) -> nn.ModuleList:
+        """The stem and stage modules in forward order (shared with the model, not copies)."""
+        return nn.ModuleList(self.get_submodule(name) for name in self.feat_module_names)  # type: ignore[attr-defined]

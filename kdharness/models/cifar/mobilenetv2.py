@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from timm.models import register_model
 
-from kdharness.models._common import ModelOutput, build_model, global_pool, init_msra_
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model, global_pool, init_msra_
 
 
 def _conv_bn_relu(inp: int, oup: int, kernel_size: int, stride: int) -> nn.Sequential:
@@ -47,7 +47,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_res_connect else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FeatureHelpers, nn.Module):
     """MobileNetV2 for 32x32 inputs: stride-2 stem, then the standard (t, c, n, s) settings."""
 
     def __init__(self, expansion: int = 6, width_mult: float = 0.5, num_classes: int = 100) -> None:
@@ -76,13 +76,13 @@ class MobileNetV2(nn.Module):
         self.conv2 = _conv_bn_relu(input_channel, self.last_channel, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
         self.stage_channels = [int(c * width_mult) for c in (32, 24, 32, 96, 320)]
+        # The projection BN (conv.7) of the last block of each stage that ends a feature.
+        self.bn_before_relu_names = tuple(f"blocks.{i}.{len(self.blocks[i]) - 1}.conv.7" for i in (1, 2, 4, 6))
+        self.feat_module_names = ("conv1", "blocks")
         init_msra_(self)
 
     def get_classifier(self) -> nn.Linear:
         return self.classifier[0]
-
-    def get_stage_channels(self) -> list[int]:
-        return self.stage_channels
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f0 = self.conv1(x)

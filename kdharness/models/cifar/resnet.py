@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models._common import ModelOutput, build_model, global_pool, run_stage
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model, global_pool, run_stage
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -41,7 +41,7 @@ class BasicBlock(nn.Module):
         return F.relu(preact), preact
 
 
-class ResNet(nn.Module):
+class ResNet(FeatureHelpers, nn.Module):
     """Three-stage CIFAR ResNet of depth 6n+2; ``num_filters`` = (stem, stage1, stage2, stage3)."""
 
     def __init__(self, depth: int, num_filters: Sequence[int], num_classes: int = 100) -> None:
@@ -59,6 +59,8 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(num_filters[3], blocks_per_stage, stride=2)
         self.fc = nn.Linear(num_filters[3] * BasicBlock.expansion, num_classes)
         self.stage_channels = list(num_filters)
+        self.bn_before_relu_names = tuple(f"layer{i}.{blocks_per_stage - 1}.bn2" for i in (1, 2, 3))
+        self.feat_module_names = ("conv1", "bn1", "relu", "layer1", "layer2", "layer3")
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -81,9 +83,6 @@ class ResNet(nn.Module):
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
-
-    def get_stage_channels(self) -> list[int]:
-        return self.stage_channels
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f0 = self.relu(self.bn1(self.conv1(x)))  # 32x32

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models._common import ModelOutput, build_model, run_stage
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model, run_stage
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -66,7 +66,7 @@ class Bottleneck(nn.Module):
         return F.relu(preact), preact
 
 
-class ResNet(nn.Module):
+class ResNet(FeatureHelpers, nn.Module):
     """Four-stage ResNet (64-128-256-512 base widths) for 32x32 inputs."""
 
     def __init__(
@@ -89,6 +89,11 @@ class ResNet(nn.Module):
         self.linear = nn.Linear(512 * block.expansion, num_classes)
         # mdistiller reports these for both block types; kept for API parity.
         self.stage_channels = [256, 512, 1024, 2048]
+        last_bn = "bn3" if block is Bottleneck else "bn2"
+        self.bn_before_relu_names = tuple(
+            f"layer{i}.{n - 1}.{last_bn}" for i, n in zip((1, 2, 3, 4), num_blocks)
+        )
+        self.feat_module_names = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -115,9 +120,6 @@ class ResNet(nn.Module):
 
     def get_classifier(self) -> nn.Linear:
         return self.linear
-
-    def get_stage_channels(self) -> list[int]:
-        return self.stage_channels
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models._common import ModelOutput, build_model, global_pool, run_stage
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model, global_pool, run_stage
 
 
 class ShuffleBlock(nn.Module):
@@ -63,7 +63,7 @@ class Bottleneck(nn.Module):
         return F.relu(preact), preact
 
 
-class ShuffleNet(nn.Module):
+class ShuffleNet(FeatureHelpers, nn.Module):
     """Three stages; each starts with a stride-2 block whose output concatenates its input."""
 
     def __init__(
@@ -78,7 +78,8 @@ class ShuffleNet(nn.Module):
         self.layer2 = self._make_layer(out_planes[1], num_blocks[1], groups)
         self.layer3 = self._make_layer(out_planes[2], num_blocks[2], groups)
         self.linear = nn.Linear(out_planes[2], num_classes)
-        self.stage_channels = [24, *out_planes]
+        self.stage_channels = [24, *out_planes]  # mdistiller's ShuffleV1 has no get_stage_channels
+        self.feat_module_names = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
     def _make_layer(self, out_planes: int, num_blocks: int, groups: int) -> nn.Sequential:
         layers = []
@@ -92,9 +93,6 @@ class ShuffleNet(nn.Module):
 
     def get_classifier(self) -> nn.Linear:
         return self.linear
-
-    def get_stage_channels(self) -> list[int]:
-        return self.stage_channels
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models._common import ModelOutput, build_model, global_pool
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model, global_pool
 
 # net size -> stage widths (last: the 1x1 conv before pooling) and blocks per stage.
 _CONFIGS: dict[float, dict[str, tuple[int, ...]]] = {
@@ -85,7 +85,7 @@ class DownBlock(nn.Module):
         return _channel_shuffle(torch.cat([left, right], 1))
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(FeatureHelpers, nn.Module):
     """1x1 stem (no down-sampling, for 32x32), three stages, a 1x1 conv, global pool, linear."""
 
     def __init__(self, net_size: float = 1, num_classes: int = 100) -> None:
@@ -104,7 +104,8 @@ class ShuffleNetV2(nn.Module):
         self.conv2 = nn.Conv2d(out_channels[2], out_channels[3], kernel_size=1, stride=1, padding=0, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels[3])
         self.linear = nn.Linear(out_channels[3], num_classes)
-        self.stage_channels = list(out_channels)
+        self.stage_channels = [24, *out_channels[:-1]]  # stem, then the three stages
+        self.feat_module_names = ("conv1", "bn1", "layer1", "layer2", "layer3")
 
     def _make_layer(self, out_channels: int, num_blocks: int) -> nn.Sequential:
         layers: list[nn.Module] = [DownBlock(self.in_channels, out_channels)]
@@ -122,9 +123,6 @@ class ShuffleNetV2(nn.Module):
 
     def get_classifier(self) -> nn.Linear:
         return self.linear
-
-    def get_stage_channels(self) -> list[int]:
-        return [24] + self.stage_channels[:-1]
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f0 = F.relu(self.bn1(self.conv1(x)))

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models._common import ModelOutput, build_model, init_msra_
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model, init_msra_
 
 # Output channels of each conv in each of the five blocks.
 _CFG_S = ((64,), (128,), (256,), (512,), (512,))  # vgg8
@@ -36,7 +36,7 @@ def _make_block(channels: Sequence[int], in_channels: int, batch_norm: bool) -> 
     return nn.Sequential(*layers[:-1])
 
 
-class VGG(nn.Module):
+class VGG(FeatureHelpers, nn.Module):
     """Five conv blocks; 32x32 inputs skip the fourth pool (as in mdistiller), ending at 4x4."""
 
     def __init__(self, cfg: Sequence[Sequence[int]], batch_norm: bool = True, num_classes: int = 100) -> None:
@@ -55,13 +55,15 @@ class VGG(nn.Module):
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(512, num_classes)
         self.stage_channels = [block[-1] for block in cfg]
+        # Each block ends in its BN (the ReLU is applied in forward).
+        self.bn_before_relu_names = tuple(
+            f"block{i}.{len(getattr(self, f'block{i}')) - 1}" for i in (1, 2, 3, 4)
+        ) if batch_norm else None
+        self.feat_module_names = tuple(f"{kind}{i}" for i in range(5) for kind in ("block", "pool"))
         init_msra_(self)
 
     def get_classifier(self) -> nn.Linear:
         return self.classifier
-
-    def get_stage_channels(self) -> list[int]:
-        return self.stage_channels
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         height = x.shape[2]

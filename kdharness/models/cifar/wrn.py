@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models._common import ModelOutput, build_model, global_pool
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model, global_pool
 
 
 class BasicBlock(nn.Module):
@@ -61,7 +61,7 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(FeatureHelpers, nn.Module):
     """WRN-depth-widen_factor; depth = 6n+4."""
 
     def __init__(self, depth: int, widen_factor: int = 1, num_classes: int = 100, drop_rate: float = 0.0) -> None:
@@ -80,6 +80,9 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(channels[3], num_classes)
         self.nChannels = channels[3]
         self.stage_channels = channels
+        # Pre-activation blocks: a stage's last ReLU is the next stage's first (or the head's).
+        self.bn_before_relu_names = ("block2.layer.0.bn1", "block3.layer.0.bn1", "bn1")
+        self.feat_module_names = ("conv1", "block1", "block2", "block3")
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -93,9 +96,6 @@ class WideResNet(nn.Module):
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
-
-    def get_stage_channels(self) -> list[int]:
-        return self.stage_channels
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         f0 = self.conv1(x)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_model
 
-from kdharness.models._common import ModelOutput, build_model
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model
 
 # (output channels, stride) of the 13 depthwise-separable blocks after the 32-channel stem.
 _DW_BLOCKS = (
@@ -39,7 +39,7 @@ def _conv_dw(inp: int, oup: int, stride: int) -> nn.Sequential:
     )
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(FeatureHelpers, nn.Module):
     """MobileNetV1 1.0x for 224x224 inputs."""
 
     def __init__(self, num_classes: int = 1000) -> None:
@@ -54,12 +54,12 @@ class MobileNetV1(nn.Module):
         self.model = nn.Sequential(*layers)
         self.fc = nn.Linear(1024, num_classes)
         self.stage_channels = [128, 256, 512, 1024]
+        # The pointwise BN (index 4) of each stage's last block, before its closing ReLU.
+        self.bn_before_relu_names = tuple(f"model.{end}.4" for end in _STAGE_ENDS)
+        self.feat_module_names = ("model",)
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
-
-    def get_stage_channels(self) -> list[int]:
-        return self.stage_channels
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         preacts, activated = [], []

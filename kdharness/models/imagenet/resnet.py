@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torchvision.models import resnet as tv_resnet
 
-from kdharness.models._common import ModelOutput, build_model
+from kdharness.models._common import FeatureHelpers, ModelOutput, build_model
 
 
 class BasicBlock(tv_resnet.BasicBlock):
@@ -40,7 +40,7 @@ class Bottleneck(tv_resnet.Bottleneck):
         return self.bn3(self.conv3(out)) + identity
 
 
-class ResNet(tv_resnet.ResNet):
+class ResNet(FeatureHelpers, tv_resnet.ResNet):
     """torchvision's ResNet whose forward returns ``(logits, feats)`` as mdistiller."""
 
     def __init__(
@@ -49,12 +49,13 @@ class ResNet(tv_resnet.ResNet):
         super().__init__(block, list(layers), num_classes=num_classes)
         self.num_classes = num_classes
         self.stage_channels = [256, 512, 1024, 2048]  # as mdistiller reports, for both block types
+        # mdistiller leaves layer1 out here (three BNs, for layer2..layer4).
+        last_bn = "bn3" if block is Bottleneck else "bn2"
+        self.bn_before_relu_names = tuple(f"layer{i}.{layers[i - 1] - 1}.{last_bn}" for i in (2, 3, 4))
+        self.feat_module_names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
-
-    def get_stage_channels(self) -> list[int]:
-        return self.stage_channels
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         # mdistiller keeps the stem BN output as its "preact" but then applies an in-place
