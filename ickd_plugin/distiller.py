@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ickd_plugin.config import TEACHER_REQUIREMENT, ICKDOptions, parse_ickd_config
+from ickd_plugin.diagnostics import as_floats, context_statistics, step_diagnostics
 from ickd_plugin.features import ClassifierTap, find_classifier
 from ickd_plugin.losses import (
     aggregate_context_logits,
@@ -171,6 +172,8 @@ class ICKD(DistillerBase):
         _share_without_owning(self.base, "teacher", teacher)
         self.bank = MemoryBank(opts.bank_dtype, persistent=opts.paradigm != "offline")
         self._pending_refresh: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._context_stats: torch.Tensor | None = None  # set by in_context_losses
+        self._last_diagnostics: torch.Tensor | None = None  # ickd_plugin.diagnostics, last step
         find_classifier(student)
         find_classifier(self.bank_model)
 
@@ -208,6 +211,13 @@ class ICKD(DistillerBase):
     def trainer_hooks(self) -> list["ICKDHooks"]:
         """What the trainer calls: before_train (fills the bank), after_step (refreshes it)."""
         return [ICKDHooks(self)]
+
+    def diagnostics(self) -> dict[str, float]:
+        """The last training step's diagnostics (`ickd_plugin.diagnostics.NAMES`), {} before any step.
+
+        Detached scalars, not losses: a host logs them (docs/architecture.md), never sums them.
+        """
+        return as_floats(self._last_diagnostics)
 
     # ------------------------------------------------------------------ the bank
 
@@ -324,9 +334,11 @@ class ICKD(DistillerBase):
             with self._replay_teacher(logits_teacher, feats_teacher):
                 logits_student, losses = self.base.forward_train(image=image, target=target, **kwargs)
         losses = dict(losses)
+        base_losses = list(losses.values())
         loss_picd, loss_nicd = self.in_context_losses(query, target, index, logits_student, own_logits, classifier)
         losses["loss_picd"] = scale * self.opts.picd_weight * loss_picd
         losses["loss_nicd"] = scale * self.opts.nicd_weight * loss_nicd
+        self._last_diagnostics = step_diagnostics(base_losses, losses["loss_picd"], losses["loss_nicd"], self._context_stats)
         if paradigm == "online":
             losses["loss_teacher_ce"] = self.opts.online_ce_weight * F.cross_entropy(logits_teacher, target)
             losses["loss_teacher_kd"] = self.opts.online_mutual_weight * mutual_kd_loss(
@@ -370,6 +382,9 @@ class ICKD(DistillerBase):
             weights = context_weights(found.pos_sim.to(out), opts.tau)
             context_logits = aggregate_context_logits(weights, positives, weight, bias)
             negative_logits = F.linear(negatives, weight, bias)
+            self._context_stats = context_statistics(
+                found.pos_sim, found.pos_mask, found.neg_sim, logits_student, negative_logits, opts.beta2, opts.temperature
+            )
         loss_picd = picd_loss(logits_student, context_logits, own_logits, opts.beta1, opts.temperature)
         loss_nicd = nicd_loss(logits_student, negative_logits, opts.beta2, opts.temperature)
         return loss_picd, loss_nicd

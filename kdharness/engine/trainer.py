@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from kdharness.engine import distributed
 from kdharness.engine.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from kdharness.engine.diagnostics import DiagnosticsLog
 from kdharness.engine.run_info import run_metadata
 from kdharness.engine.utils import (
     AverageMeter,
@@ -112,6 +113,7 @@ class BaseTrainer:
             # CPU autocast would mean bfloat16, which most CPUs run slower than float32.
             print(log_msg(f"SOLVER.AMP applies to CUDA only; on {self.device.type} this run stays in float32", "WARN"))
         self.hooks: list[Any] = list(getattr(unwrap(distiller), "trainer_hooks", lambda: [])())
+        self.diagnostics = DiagnosticsLog(unwrap(distiller))  # the distiller's optional diagnostics()
         self._stop_signal: int | None = None
         self._stop_agreed = False  # distributed: some rank had a stop signal at the last step
         self._lock_handle = None
@@ -183,6 +185,7 @@ class BaseTrainer:
             "best_epoch": self.best_epoch,
             "history": self.history,
             "meters": {name: meter.state_dict() for name, meter in self.meters.items()},
+            "diagnostics": self.diagnostics.state_dict(),
             "rng": rng_state(),
             "wall_time": self.wall_time,
             "skipped_steps": self.skipped_steps,
@@ -242,6 +245,7 @@ class BaseTrainer:
             self.start_epoch, self.start_step = state["epoch"], step
             for name, meter_state in state["meters"].items():
                 self.meters[name].load_state_dict(meter_state)
+            self.diagnostics.load_state_dict(state.get("diagnostics", {}))
         else:
             self.start_epoch, self.start_step = state["epoch"] + 1, 0
         if "rng" in state:
@@ -298,6 +302,7 @@ class BaseTrainer:
             sampler.set_start(first_step, self.cfg.SOLVER.BATCH_SIZE)
         else:
             self.meters = {name: AverageMeter() for name in METER_NAMES}
+            self.diagnostics.reset()
         num_iter = len(self.train_loader) + first_step
         self.distiller.train()
         pbar = tqdm(total=num_iter, initial=first_step, disable=not self.is_main, dynamic_ncols=True)
@@ -369,9 +374,11 @@ class BaseTrainer:
         self.meters["top1"].update(top1, n)
         self.meters["top5"].update(top5, n)
         values = {name: term.item() for name, term in terms.items()}
+        self.diagnostics.record()
         if self.is_main and self.cfg.LOG.TENSORBOARD_FREQ and self.global_step % self.cfg.LOG.TENSORBOARD_FREQ == 0:
             for name, value in values.items():
                 self.tf_writer.add_scalar(f"train/{name}", value, self.global_step)
+            self.diagnostics.write_step(self.tf_writer, self.global_step)
         return values
 
     def _stop_requested(self) -> bool:
@@ -418,8 +425,9 @@ class BaseTrainer:
         improved = test_acc > self.best_acc
         if improved:
             self.best_acc, self.best_epoch = test_acc, epoch
-        self.history.append({"epoch": epoch, "lr": lr, **metrics})
+        self.history.append({"epoch": epoch, "lr": lr, **metrics, **self.diagnostics.history_entry()})
         if self.is_main:
+            self.diagnostics.write_epoch(self.tf_writer, epoch)  # before _log_epoch, which flushes
             self._log_epoch(epoch, lr, metrics)
             state = self._state(epoch, 0)
             student_state = {"model": unwrap(self.distiller).student.state_dict(), "epoch": epoch, "test_acc": test_acc}
