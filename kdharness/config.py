@@ -103,6 +103,39 @@ CFG.DKD.BETA = 8.0
 CFG.DKD.T = 4.0
 CFG.DKD.WARMUP = 20
 
+# OFD (Heo et al., "A Comprehensive Overhaul of Feature Distillation")
+CFG.OFD = CN()
+CFG.OFD.LOSS = CN()
+CFG.OFD.LOSS.CE_WEIGHT = 1.0
+CFG.OFD.LOSS.FEAT_WEIGHT = 0.001
+CFG.OFD.CONNECTOR = CN()
+CFG.OFD.CONNECTOR.KERNEL_SIZE = 1
+
+# VID (Ahn et al., "Variational Information Distillation")
+CFG.VID = CN()
+CFG.VID.LOSS = CN()
+CFG.VID.LOSS.CE_WEIGHT = 1.0
+CFG.VID.LOSS.FEAT_WEIGHT = 1.0
+CFG.VID.EPS = 1e-5
+CFG.VID.INIT_PRED_VAR = 5.0
+CFG.VID.INPUT_SIZE = (32, 32)
+
+# ReviewKD (Chen et al., "Distilling Knowledge via Knowledge Review")
+CFG.REVIEWKD = CN()
+CFG.REVIEWKD.CE_WEIGHT = 1.0
+CFG.REVIEWKD.REVIEWKD_WEIGHT = 1.0
+CFG.REVIEWKD.WARMUP_EPOCHS = 20
+CFG.REVIEWKD.SHAPES = [1, 8, 16, 32]
+CFG.REVIEWKD.OUT_SHAPES = [1, 8, 16, 32]
+CFG.REVIEWKD.IN_CHANNELS = [64, 128, 256, 256]
+CFG.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]
+CFG.REVIEWKD.MAX_MID_CHANNEL = 512  # kept for mdistiller's YAMLs; as in mdistiller, unused (see reviewkd.py)
+CFG.REVIEWKD.STU_PREACT = False
+
+# DOT (Zhao et al., "DOT: A Distillation-Oriented Trainer"): SOLVER.TRAINER "dot" / "crd_dot"
+CFG.SOLVER.DOT = CN()
+CFG.SOLVER.DOT.DELTA = 0.075
+
 # Choices that are not free-form strings: checked before training.
 CHOICES = {
     "SOLVER.TYPE": ("SGD",),

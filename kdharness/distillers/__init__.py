@@ -4,6 +4,7 @@ Importing this package is what makes "NONE", "KD", "DKD" and "CRD" resolvable fr
 ``DISTILLER.TYPE``; plugins add theirs to the same dict.
 """
 from kdharness.distillers import _base, crd, dkd, kd  # noqa: F401  (import registers)
+from kdharness.distillers import ofd, reviewkd, vid  # noqa: F401  (import registers)
 from kdharness.distillers._base import Distiller, Vanilla
 from kdharness.registry import distiller_dict
 
