@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST study of docs/results/fashion_mnist.md, CPU only, in phases:
+#
+#   bash scripts/fashion_mnist_study.sh teacher       # resnet14 on all 60 000 images (once)
+#   bash scripts/fashion_mnist_study.sh pilot         # vanilla and KD, seeds 100-103: the seed std
+#   bash scripts/fashion_mnist_study.sh main          # the pre-registered comparison, seeds 0-4
+#   bash scripts/fashion_mnist_study.sh sensitivity   # Figures 4 and 5: one ICKD.* key at a time, seeds 0-1
+#   bash scripts/fashion_mnist_study.sh fig2          # IC-KD vs IC-KD-all on a second pair, seeds 0-1
+#   bash scripts/fashion_mnist_study.sh paradigms     # online ICKD vs DML, teacher-free vs vanilla, seeds 0-4
+#   bash scripts/fashion_mnist_study.sh report        # tables, paired tests and figures
+#
+# Every phase is a resumable sweep: run it again and it continues; two copies of the same
+# phase side by side share its runs (one torch thread each, for 2 cores). Runs land in
+# ./output/fmnist_study (sensitivity and Figure 2 in their own folders, so they do not mix
+# into the main table's columns).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || source scripts/install.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+C=configs/fashion_mnist_study
+S="python3 tools/sweep.py"
+phase=${1:?"usage: $0 teacher|pilot|main|sensitivity|fig2|paradigms|report"}
+case "$phase" in
+  teacher)
+    $S --seeds 0 --cfg $C/teacher/res14.yaml ;;
+  pilot)
+    $S --seeds 100 101 102 103 --cfg $C/vanilla/res8.yaml $C/kd/res14_res8.yaml LOG.PREFIX ./output/fmnist_pilot ;;
+  main)
+    $S --seeds 0 1 2 3 4 --cfg $C/vanilla/res8.yaml $C/kd/res14_res8.yaml $C/ickd_kd/res14_res8.yaml \
+      $C/dkd/res14_res8.yaml $C/ickd_dkd/res14_res8.yaml $C/ickd/res14_res8.yaml $C/ickd_all_kd/res14_res8.yaml \
+      $C/crd/res14_res8.yaml ;;
+  sensitivity)
+    for override in "ICKD.BETA1 0.0" "ICKD.BETA1 0.25" "ICKD.BETA1 1.0" "ICKD.K 1" "ICKD.K 4" "ICKD.K 32" \
+        "ICKD.TAU 0.02" "ICKD.TAU 0.5" "ICKD.TAU 2.0" "ICKD.BETA2 0.25" "ICKD.BETA2 0.5" "ICKD.BETA2 2.0" \
+        "ICKD.PICD_WEIGHT 0.25" "ICKD.PICD_WEIGHT 2.0" "ICKD.PICD_WEIGHT 4.0" \
+        "ICKD.NICD_WEIGHT 0.0" "ICKD.NICD_WEIGHT 0.5" "ICKD.NICD_WEIGHT 1.0"; do
+      $S --seeds 0 1 --cfg $C/ickd_kd/res14_res8.yaml LOG.PREFIX ./output/fmnist_sensitivity $override
+    done ;;
+  fig2)
+    $S --seeds 0 1 --cfg $C/ickd_kd/res14_res8.yaml $C/ickd_all_kd/res14_res8.yaml $C/kd/res14_res8.yaml \
+      LOG.PREFIX ./output/fmnist_fig2 DISTILLER.STUDENT wrn_16_1 ;;
+  paradigms)
+    $S --seeds 0 1 2 3 4 --cfg $C/ickd_teacher_free/res8.yaml $C/ickd_online/res14_res8.yaml $C/dml/res14_res8.yaml ;;
+  report)
+    python3 tools/leaderboard.py output/fmnist_study --plot docs/results/fashion_mnist.png
+    python3 tools/leaderboard.py output/fmnist_study --compare-ickd
+    python3 tools/leaderboard.py output/fmnist_study --compare KD vanilla
+    python3 tools/leaderboard.py output/fmnist_sensitivity output/fmnist_study --sensitivity docs/results ;;
+  *) echo "error: unknown phase '$phase'; expected teacher|pilot|main|sensitivity|fig2|paradigms|report" >&2; exit 2 ;;
+esac
