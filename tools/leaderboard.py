@@ -3,7 +3,9 @@
 Reads every complete summary.json under the given directories and prints one row per
 teacher/student pair and one column per method, each cell `mean ± std (n seeds)`, beside
 the teacher, the vanilla student and the published figures. `--compare A B` answers
-"does A beat B beyond seed noise?" with a paired t analysis over seeds.
+"does A beat B beyond seed noise?" with a paired t analysis over seeds. `--sensitivity DIR`
+draws the paper's sensitivity figures from runs that differ from their config in one
+ICKD.* override, and prints their tables instead of the leaderboard.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ EPILOG = """examples:
   python tools/leaderboard.py output/ --compare ICKD+KD KD --compare ICKD+DKD DKD
   python tools/leaderboard.py output/ --compare-ickd          # every ICKD column vs its baseline
   python tools/leaderboard.py output/ --by label              # tell apart variants of one method
+  python tools/leaderboard.py output/ --sensitivity figures/  # figures/sensitivity_fig4.png, _fig5.png, ickd_all_fig2.png
 """
 
 
@@ -49,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "(repeatable; 'vanilla' is a column). Prints comparisons instead of the leaderboard")
     parser.add_argument("--compare-ickd", action="store_true",
                         help="compare every ICKD column with its baseline (ICKD+KD vs KD, ICKD vs vanilla, ...)")
+    parser.add_argument("--sensitivity", metavar="DIR",
+                        help="write the paper's figures from one-factor ICKD sweeps into DIR: sensitivity_fig4.png "
+                             "(ICKD.BETA1, K, TAU, BETA2), sensitivity_fig5.png (ICKD.PICD_WEIGHT, NICD_WEIGHT), "
+                             "ickd_all_fig2.png (ICKD.ALL_SAME_CLASS); prints their tables instead of the leaderboard")
+    parser.add_argument("--baseline", metavar="METHOD",
+                        help="with --sensitivity: the method drawn as the baseline line (default: the ICKD.BASE "
+                             "method of each sweep, vanilla for NONE, DML for online)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     parser.add_argument("--no-reference", action="store_true", help="leave out the published figures")
     parser.add_argument("--reference", metavar="CSV", help="published figures to use instead of the packaged ones "
@@ -64,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ReferenceDataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.sensitivity:
+        return write_sensitivity(args)
     board = aggregate(summaries, metric=args.metric, by=args.by)
     for message in warnings + board.warnings:
         print(f"warning: {message}", file=sys.stderr)
@@ -108,6 +120,51 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def write_sensitivity(args: argparse.Namespace) -> int:
+    """`--sensitivity DIR`: one PNG per paper figure that has runs, and the sweeps' tables."""
+    import os
+
+    from kdharness.results.sensitivity import FIGURES, ICKD_ALL, load_sweep_runs, render_sensitivity_markdown, sweeps
+
+    runs, warnings = load_sweep_runs(args.run_dirs)
+    keys = [param.key for params in FIGURES.values() for param in params] + [ICKD_ALL.key]
+    found, more = sweeps(runs, keys, metric=args.metric, baseline=args.baseline)
+    for message in warnings + more:
+        print(f"warning: {message}", file=sys.stderr)
+    if not found:
+        print(f"error: no ICKD runs under {', '.join(args.run_dirs)} differ from their config in one of "
+              f"{', '.join(keys)} (run e.g. tools/train.py --cfg C ICKD.K 32)", file=sys.stderr)
+        return 1
+    try:
+        from kdharness.results.plot import plot_ickd_all, plot_sensitivity
+    except ImportError as error:  # pragma: no cover - matplotlib is a test dependency
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    os.makedirs(args.sensitivity, exist_ok=True)
+    titles = {"fig4": "sensitivity to beta1, K, tau1, beta2 (cf. the paper's Fig. 4)",
+              "fig5": "sensitivity to the loss weights (cf. the paper's Fig. 5)"}
+    written = []
+    for name, params in FIGURES.items():
+        if any(sweep.key in {p.key for p in params} for sweep in found):
+            path = os.path.join(args.sensitivity, f"sensitivity_{name}.png")
+            plot_sensitivity(found, params, path, title=titles.get(name, ""))
+            written.append(path)
+    if any(sweep.key == ICKD_ALL.key for sweep in found):
+        path = os.path.join(args.sensitivity, "ickd_all_fig2.png")
+        plot_ickd_all(found, path)
+        written.append(path)
+    text = render_sensitivity_markdown(found, metric=args.metric)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        written.append(args.output)
+    else:
+        sys.stdout.write(text)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
