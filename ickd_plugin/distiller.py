@@ -194,8 +194,26 @@ class ICKD(DistillerBase):
     def train(self, mode: bool = True) -> "ICKD":
         super().train(mode)  # children: student, teacher, base, bank; the base may set its teacher to eval
         if self.teacher is not None:
-            self.teacher.train(mode and self.opts.paradigm == "online")
+            online = self.opts.paradigm == "online"
+            self.teacher.train(mode and (online or self._base_trains_teacher()))
         return self
+
+    def _base_trains_teacher(self) -> bool:
+        """Whether the base's own ``train(True)`` leaves its teacher in training mode.
+
+        Most bases keep the teacher in eval mode; mdistiller's OFD keeps it training (batch
+        statistics). ICKD's single teacher pass feeds the base, so it must run in the mode the
+        base would have chosen. The teacher is lent back to the base as a child for the call.
+        """
+        base = self.base
+        if base.__dict__.get("teacher") is not self.teacher or "teacher" in base._modules:
+            return False
+        base._modules["teacher"] = self.teacher
+        try:
+            base.train(True)
+            return self.teacher.training
+        finally:
+            del base._modules["teacher"]
 
     def get_learnable_parameters(self) -> list[nn.Parameter]:
         params = list(self.base.get_learnable_parameters())
