@@ -17,6 +17,9 @@ PARADIGMS = ("offline", "online", "teacher_free")
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BANK_DEVICES = ("auto", "cpu", "cuda")
 
+# Smallest ICKD.TAU: cosine similarities lie in [-1, 1], so S / TAU is finite for any normal float32 TAU.
+MIN_TAU = torch.finfo(torch.float32).tiny
+
 # What `teacher_requirement` reports for each paradigm (the host's vocabulary).
 TEACHER_REQUIREMENT = {"offline": "pretrained", "online": "scratch", "teacher_free": "none"}
 
@@ -108,6 +111,10 @@ def parse_ickd_config(node: CN, registry: Mapping[str, Any] | None = None) -> IC
     for key in ("TAU", "T"):
         if not node[key] > 0:
             _fail(key, node[key], "expected a number > 0")
+    # S / TAU with |S| <= 1 must stay finite in float32, else the positives' softmax is NaN.
+    if node.TAU < MIN_TAU:
+        _fail("TAU", node.TAU, f"expected a number >= {MIN_TAU:.4g} (float32's smallest normal number; "
+              "below it 1 / TAU overflows and the positive weights are NaN)")
     for key in ("PICD_WEIGHT", "NICD_WEIGHT", "WARMUP", "BETA2"):
         if node[key] < 0:
             _fail(key, node[key], "expected a number >= 0")

@@ -10,6 +10,7 @@ give in-context logits, from which PICD and NICD are computed (docs/method.md).
 from __future__ import annotations
 
 import inspect
+import time
 import warnings
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator, Mapping
@@ -35,16 +36,21 @@ from ickd_plugin.memory_bank import (
     all_gather_rows,
     bank_cache_key,
     cache_path,
+    describe_bank,
     dist_world,
     extract_features,
     load_bank_cache,
     no_augmentation_view,
+    preserved_rng,
+    report,
     save_bank_cache,
 )
 from ickd_plugin.retrieval import retrieve
 
-# Where make_ickd_trainer leaves the batch's dataset indices for trainers that do not pass them.
+# Where make_ickd_trainer leaves the batch's dataset indices and the epoch for trainers that do
+# not pass them (mdistiller's BaseTrainer drops the index, its CRDTrainer the epoch).
 INDEX_STASH = "_ickd_index"
+EPOCH_STASH = "_ickd_epoch"
 
 
 class DistillerBase(nn.Module):
@@ -258,12 +264,15 @@ class ICKD(DistillerBase):
         view = no_augmentation_view(trainer.train_loader.dataset, trainer.val_loader.dataset)
         device = self._bank_device()
         offline = self.opts.paradigm == "offline"
-        key = bank_cache_key(model, view, self.opts.bank_dtype) if offline else None
+        key = bank_cache_key(model, view, self.opts.bank_dtype, warn_if_unseen=self.opts.use_cache) if offline else None
         if self.bank.is_built and (not offline or self.bank.key == key):
             self.bank.to(device)
             self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
+            origin = "already built for this teacher and data" if offline else "restored from the checkpoint"
+            report(f"memory bank: reused, {origin}: {describe_bank(self.bank.features)}")
             return
         path = cache_path(self.opts.cache_dir, key) if offline and self.opts.use_cache else None
+        started = time.perf_counter()
         cached = load_bank_cache(path, key) if path else None
         if dist_world()[1] > 1 and path:  # every rank must take the same branch (building is collective)
             flag = torch.tensor([int(cached is not None)], device=next(model.parameters()).device)
@@ -275,15 +284,23 @@ class ICKD(DistillerBase):
             num_workers = int(getattr(trainer.train_loader, "num_workers", 0))
             # The pass must not consume the global RNG: a run that finds the cache and one that
             # builds the bank then start training from the same random state.
-            with torch.random.fork_rng(devices=[]):
+            with preserved_rng():
                 features, labels, indices = extract_features(
                     model, classifier, view, self.opts.bank_batch_size, num_workers,
-                    dtype=self.bank.dtype, device=device,
+                    dtype=self.bank.dtype, device=device, progress=True,
                 )
         self.bank.fill(features, labels, indices, classifier.out_features, device, key=key)
         self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
         if path and cached is None and dist_world()[0] == 0:
             save_bank_cache(path, key, self.bank.features, self.bank.labels, indices.sort().values)
+        seconds = time.perf_counter() - started
+        if cached is not None:
+            how = f"loaded from the cache {path}"
+        else:
+            network = "teacher" if model is self.teacher else "student"
+            how = f"built by the {network} from {len(view)} training samples without augmentation"
+            how += f", cached to {path}" if path else ""
+        report(f"memory bank: {how} in {seconds:.1f} s: {describe_bank(self.bank.features)}")
 
     def refresh_bank(self) -> None:
         """Online / teacher-free: blend the last step's features into their rows (all ranks alike)."""
@@ -311,6 +328,12 @@ class ICKD(DistillerBase):
             )
         return index
 
+    def _take_epoch(self, kwargs: dict) -> Any:
+        """The epoch passed to the call, else the one the trainer stashed (None if neither)."""
+        stashed = self.__dict__.pop(EPOCH_STASH, None)
+        epoch = kwargs.get("epoch")
+        return stashed if epoch is None else epoch
+
     @contextmanager
     def _replay_teacher(self, logits: torch.Tensor, feats: Any) -> Iterator[None]:
         """Let the base call `self.teacher(image)` and get this step's teacher output for free."""
@@ -336,7 +359,7 @@ class ICKD(DistillerBase):
                 "trainer this happens under multi-GPU DataParallel, which splits the images but not the "
                 "stashed indices: train on one GPU per process (DDP) instead"
             )
-        scale = warmup_factor(kwargs.get("epoch"), self.opts.warmup)
+        scale = warmup_factor(self._take_epoch(kwargs), self.opts.warmup)
         kwargs["index"] = index
         paradigm = self.opts.paradigm
         if paradigm == "teacher_free":

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import os
-import re
+import random
 import warnings
-from typing import Any, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -28,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ickd_plugin.features import ClassifierTap
 
-CACHE_FORMAT = "ickd-bank-v1"
+CACHE_FORMAT = "ickd-bank-v2"  # v2: the key hashes the images and the transform's output
 _BUFFERS = ("features", "inv_norms", "labels", "row_of_index", "class_rows")
 
 
@@ -74,6 +77,8 @@ class MemoryBank(nn.Module):
         """
         indices = indices.to(device=device, dtype=torch.long)
         labels = labels.to(device=device, dtype=torch.long)
+        if features.dtype != self.dtype:
+            check_representable(features, self.dtype, "filling the bank")
         features = features.to(device=device, dtype=self.dtype)
         if indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
             order = torch.argsort(indices)
@@ -91,8 +96,14 @@ class MemoryBank(nn.Module):
         self.key = key
 
     def rows_for(self, index: torch.Tensor) -> torch.Tensor:
-        """Bank row of each dataset index (-1 for an index the bank does not hold)."""
-        return self.row_of_index[index.to(self.row_of_index.device, non_blocking=True).long()]
+        """Bank row of each dataset index (-1 for an index the bank does not hold, above its largest
+        or negative included)."""
+        index = index.to(self.row_of_index.device, non_blocking=True).long()
+        size = self.row_of_index.shape[0]
+        if size == 0:
+            return torch.full_like(index, -1)
+        held = (index >= 0) & (index < size)
+        return torch.where(held, self.row_of_index[index.clamp(0, size - 1)], -1)
 
     def class_sizes(self) -> list[int]:
         return (self.class_rows >= 0).sum(dim=1).tolist()
@@ -126,16 +137,24 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def refresh(self, rows: torch.Tensor, new_features: torch.Tensor, momentum: float) -> None:
-        """``H_r <- m * H_r + (1 - m) * h_new`` for each row, and its norm; rows < 0 are left alone."""
+        """``H_r <- m * H_r + (1 - m) * h_new`` for each row, and its norm.
+
+        Entries with row < 0 (an index the bank does not hold) are dropped, and a row given
+        several times (a distributed sampler pads its last batch with repeats) takes its first
+        entry, so every updated row has exactly one writer whatever the backend.
+        """
         rows = rows.to(self.features.device).long()
         new_features = new_features.to(self.features.device)
-        known = (rows >= 0)[:, None]
-        safe_rows = rows.clamp(min=0)
-        current = self.features[safe_rows].float()
-        updated = momentum * current + (1.0 - momentum) * new_features.float()
-        stored = torch.where(known, updated, current).to(self.dtype)
-        self.features[safe_rows] = stored
-        self.inv_norms[safe_rows] = _inverse_norms(stored)
+        held = rows >= 0
+        rows, new_features = rows[held], new_features[held]
+        if rows.numel() == 0:
+            return
+        rows, first = _first_occurrences(rows)
+        updated = momentum * self.features[rows].float() + (1.0 - momentum) * new_features[first].float()
+        check_representable(updated, self.dtype, "refreshing the bank")
+        stored = updated.to(self.dtype)
+        self.features[rows] = stored
+        self.inv_norms[rows] = _inverse_norms(stored)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         # The buffers are empty until the bank is filled: take the checkpoint's shapes.
@@ -154,6 +173,44 @@ _BLOCK_BYTES = 1 << 24
 
 def _rows_per_block(row_bytes: int) -> int:
     return max(1, _BLOCK_BYTES // max(1, row_bytes))
+
+
+def _first_occurrences(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct rows ascending, position of each one's first occurrence in `rows`)."""
+    distinct, inverse = torch.unique(rows, return_inverse=True)
+    positions = torch.arange(rows.numel(), device=rows.device)
+    first = torch.full((distinct.numel(),), rows.numel(), dtype=torch.long, device=rows.device)
+    return distinct, first.scatter_reduce_(0, inverse, positions, reduce="amin")
+
+
+def check_representable(values: torch.Tensor, dtype: torch.dtype, during: str) -> None:
+    """Refuse features a half-precision bank would store as inf (float16 ends at 65504).
+
+    bfloat16 has float32's range, so only float16 can overflow; one [1] reduction per call.
+    """
+    if dtype != torch.float16 or values.numel() == 0:
+        return
+    largest = float(values.detach().abs().amax())
+    limit = torch.finfo(torch.float16).max
+    if largest > limit:
+        raise ValueError(
+            f"ICKD.BANK.DTYPE float16 cannot hold this network's pooled features while {during}: "
+            f"|feature| reaches {largest:.6g}, float16's largest finite value is {limit:.0f}; set "
+            f"ICKD.BANK.DTYPE bfloat16 (half the memory, float32's range) or float32"
+        )
+
+
+def describe_bank(features: torch.Tensor) -> str:
+    """``50000 x 256 float32 (51.2 MB, cpu)``: what a bank message says about its size."""
+    megabytes = features.numel() * features.element_size() / 1e6
+    dtype = str(features.dtype).replace("torch.", "")
+    return f"{features.shape[0]} x {features.shape[1]} {dtype} ({megabytes:.1f} MB, {features.device})"
+
+
+def report(message: str) -> None:
+    """Print a memory-bank message once per run (rank 0 of a distributed run)."""
+    if dist_world()[0] == 0:
+        print(f"[ICKD] {message}", flush=True)
 
 
 def _inverse_norms(features: torch.Tensor) -> torch.Tensor:
@@ -225,16 +282,79 @@ class _IndexedView(Dataset):
         return item[0], item[1], index
 
 
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block without consuming torch's, numpy's or Python's global random state.
+
+    A run that finds the bank cached and one that builds it must start training from the
+    same random state, whatever the datasets read on the way.
+    """
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _owns_attribute(dataset: Any, name: str) -> bool:
+    """True when `name` lives on the object or its class, not behind a forwarding __getattr__."""
+    if name in getattr(dataset, "__dict__", {}):
+        return True
+    return inspect.getattr_static(type(dataset), name, _MISSING) is not _MISSING
+
+
+_MISSING = object()
+# Switches of the hosts' training sets that add CRD's contrastive indices to each item
+# (mdistiller's CIFAR100InstanceSample.is_sample, kdharness' IndexedDataset.crd_k): the bank
+# pass needs only (image, target, index), and drawing K negatives per item is wasted work.
+_CONTRASTIVE_SWITCHES = {"is_sample": False, "crd_k": None}
+
+
+def _same_image(a: Any, b: Any) -> bool:
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def no_augmentation_view(train_dataset: Any, val_dataset: Any) -> Any:
-    """A shallow copy of the training set that applies the validation (no-augmentation) transform."""
+    """A shallow copy of the training set that applies the validation (no-augmentation) transform.
+
+    Verified, not assumed: the copy must own its `transform` (a wrapper that forwards
+    attribute reads to an inner dataset would keep augmenting), and two reads of its first
+    item must be identical. CRD's contrastive sampling is switched off in the copy.
+    """
     for name, dataset in (("train", train_dataset), ("val", val_dataset)):
         if not hasattr(dataset, "transform"):
             raise ValueError(
                 f"ICKD builds its bank from the training set seen through the validation transform, "
                 f"but the {name} loader's dataset ({type(dataset).__name__}) has no `transform` attribute"
             )
+    if not _owns_attribute(train_dataset, "transform"):
+        raise ValueError(
+            f"ICKD builds its bank from the training set seen through the validation transform, but "
+            f"{type(train_dataset).__name__} only forwards `transform` to a dataset inside it (through "
+            f"__getattr__), so replacing it on a copy would leave the augmentation on; give the wrapper "
+            f"a `transform` attribute of its own that it applies, or let the loader hold the inner dataset"
+        )
     view = copy.copy(train_dataset)
     view.transform = val_dataset.transform
+    for switch, off in _CONTRASTIVE_SWITCHES.items():
+        if _owns_attribute(view, switch) and getattr(view, switch) not in (off, None, False):
+            setattr(view, switch, off)
+    if len(view):
+        with preserved_rng():
+            first, again = view[0][0], view[0][0]
+        if not _same_image(first, again):
+            raise ValueError(
+                f"ICKD builds its bank from the training set seen through the validation transform, but "
+                f"two reads of item 0 of {type(train_dataset).__name__} with `transform` set to "
+                f"{type(val_dataset.transform).__name__} differ: the dataset still applies random "
+                f"augmentation (from an inner dataset or its own __getitem__); the bank would hold "
+                f"augmented features"
+            )
     return view
 
 
@@ -279,6 +399,17 @@ def broadcast_shards(tensors: Sequence[torch.Tensor], length: int) -> None:
                 piece.copy_(staged)
 
 
+def _progress(loader: DataLoader, show: bool) -> Iterable:
+    """The loader, wrapped in a tqdm bar when `show` (and tqdm is installed)."""
+    if not show:
+        return loader
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency, but the pass must not need it
+        return loader
+    return tqdm(loader, desc="[ICKD] memory bank pass", unit="batch", leave=False)
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -288,6 +419,7 @@ def extract_features(
     num_workers: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One no-grad eval-mode pass: (pooled features [R, D], labels [R], dataset indices [R]).
 
@@ -296,7 +428,7 @@ def extract_features(
     the pass never holds more than the bank plus one batch (an ImageNet bank of
     1.28M x 2048 in float16 is 5.2 GB; a float32 staging copy would be 10.5 GB more).
     In a distributed run each rank passes over a contiguous shard and `broadcast_shards`
-    gives every rank the whole set.
+    gives every rank the whole set. `progress` shows a bar on rank 0 (tqdm, on stderr).
     """
     rank, world = dist_world()
     model_device = next(model.parameters()).device
@@ -319,7 +451,7 @@ def extract_features(
     row = start
     try:
         with ClassifierTap(classifier) as tap:
-            for image, target, index in loader:
+            for image, target, index in _progress(loader, progress and rank == 0):
                 model(image.to(model_device, non_blocking=True))
                 batch = tap.features
                 if batch.shape[1] != features.shape[1]:
@@ -327,6 +459,7 @@ def extract_features(
                         f"the classifier's input has {batch.shape[1]} features per sample, but its "
                         f"in_features is {features.shape[1]}"
                     )
+                check_representable(batch, dtype, "filling the bank")
                 features[row : row + batch.shape[0]].copy_(batch)
                 labels[row : row + batch.shape[0]].copy_(torch.as_tensor(target))
                 indices[row : row + batch.shape[0]].copy_(torch.as_tensor(index))
@@ -356,29 +489,78 @@ def _update_with_tensor(digest: Any, tensor: torch.Tensor) -> None:
         digest.update(raw[start : start + _BLOCK_BYTES].cpu().numpy())
 
 
-def _dataset_targets(dataset: Any, depth: int = 3) -> Iterable[int] | None:
-    """The dataset's labels (`targets` or `labels`), looking through wrappers (`dataset`, `raw`, `base`)."""
-    for name in ("targets", "labels"):
-        values = getattr(dataset, name, None)
-        if values is not None and not callable(values):
-            return values
+# Attributes under which a dataset wraps another (kdharness' IndexedDataset.raw, Subset.dataset).
+_WRAPPED = ("dataset", "raw", "base")
+# Items read through the view to fingerprint what the transform actually outputs.
+FINGERPRINT_ITEMS = 8
+
+
+def _layers(dataset: Any, depth: int = 3) -> Iterator[Any]:
+    """The dataset, then the datasets it wraps (`dataset`, `raw`, `base`), outermost first."""
+    yield dataset
     if depth > 0:
-        for name in ("dataset", "raw", "base"):
+        for name in _WRAPPED:
             inner = getattr(dataset, name, None)
-            if inner is not None and inner is not dataset:
-                found = _dataset_targets(inner, depth - 1)
-                if found is not None:
-                    return found
+            if inner is not None and inner is not dataset and not callable(inner):
+                yield from _layers(inner, depth - 1)
+                return
+
+
+def _dataset_targets(dataset: Any) -> Iterable[int] | None:
+    """The dataset's labels (`targets` or `labels`), looking through wrappers."""
+    for layer in _layers(dataset):
+        for name in ("targets", "labels"):
+            values = getattr(layer, name, None)
+            if values is not None and not callable(values):
+                return values
     return None
 
 
-def _stable_repr(obj: Any) -> str:
-    """repr without memory addresses, so the same transform gives the same key across runs."""
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+def _update_with_data(digest: Any, dataset: Any) -> bool:
+    """Hash the dataset's images themselves, cheaply; False when it exposes neither form.
+
+    In-memory arrays (`data`: torchvision's CIFAR / MNIST, kdharness): their raw bytes
+    (CIFAR-100's 150 MB in about a second). File lists (`samples` / `imgs`: ImageFolder):
+    each path with its size and modification time, not the bytes.
+    """
+    for layer in _layers(dataset):
+        data = getattr(layer, "data", None)
+        if torch.is_tensor(data) or isinstance(data, np.ndarray):
+            digest.update(b"data")
+            _update_with_tensor(digest, torch.as_tensor(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data))
+            return True
+        for name in ("samples", "imgs"):
+            entries = getattr(layer, name, None)
+            if isinstance(entries, (list, tuple)) and entries:
+                paths = [entry[0] if isinstance(entry, (list, tuple)) else entry for entry in entries]
+                if all(isinstance(path, (str, os.PathLike)) for path in paths):
+                    digest.update(b"files")
+                    for path in paths:
+                        stat = os.stat(path)
+                        digest.update(f"{os.fspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+                    return True
+    return False
 
 
-def bank_cache_key(model: nn.Module, dataset: Any, dtype: torch.dtype) -> str:
-    """sha256 of the model's state_dict, the dataset (class, length, labels), its transform and the dtype."""
+def _update_with_items(digest: Any, dataset: Any, count: int = FINGERPRINT_ITEMS) -> None:
+    """Hash the images of `count` evenly spaced items as the dataset returns them (transform applied)."""
+    length = len(dataset)
+    positions = sorted({round(i * (length - 1) / max(1, count - 1)) for i in range(count)}) if length else []
+    with preserved_rng():
+        for position in positions:
+            image = dataset[position][0]
+            tensor = image if torch.is_tensor(image) else torch.as_tensor(np.ascontiguousarray(np.asarray(image)))
+            digest.update(str(position).encode())
+            _update_with_tensor(digest, tensor)
+
+
+def bank_cache_key(model: nn.Module, dataset: Any, dtype: torch.dtype, warn_if_unseen: bool = True) -> str:
+    """sha256 of what the bank is a function of: the model's state_dict, the dataset (class,
+    length, labels, the images themselves), the transform's output on a fixed sample of items
+    (not its repr: two different ``Lambda`` transforms print alike) and the storage dtype.
+
+    `warn_if_unseen`: warn when the images themselves cannot be hashed (a disk cache would then
+    trust the labels and the sampled items)."""
     digest = hashlib.sha256(CACHE_FORMAT.encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -389,7 +571,15 @@ def bank_cache_key(model: nn.Module, dataset: Any, dtype: torch.dtype) -> str:
         _update_with_tensor(digest, torch.as_tensor(list(targets) if not torch.is_tensor(targets) else targets))
     else:
         digest.update(b"targets=unknown")
-    digest.update(_stable_repr(getattr(dataset, "transform", None)).encode())
+    if not _update_with_data(digest, dataset) and warn_if_unseen:
+        warnings.warn(
+            f"ICKD memory-bank cache key: {type(dataset).__name__} exposes neither an image array (`data`) "
+            f"nor a file list (`samples` / `imgs`), also through {'/'.join(_WRAPPED)}; the key covers its "
+            f"labels and {FINGERPRINT_ITEMS} sampled items only. Set ICKD.BANK.USE_CACHE False if its "
+            f"images can change while the labels stay the same",
+            stacklevel=2,
+        )
+    _update_with_items(digest, dataset)
     digest.update(str(dtype).encode())
     return digest.hexdigest()
 

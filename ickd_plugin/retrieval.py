@@ -107,22 +107,43 @@ def auto_chunk_size(num_queries: int, num_rows: int, chunk_size: int = 0) -> int
 CPU_UPCAST_BLOCK_ROWS = 4096
 
 
-def similarity_product(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """``q @ bank.T`` in float32 ``[B, R]``, the fastest way the device has.
+def native_half_product(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor | None:
+    """``q @ bank.T`` on the device's half-precision matrix units, accumulated and returned in
+    float32 (``torch.mm(..., out_dtype=torch.float32)``, CUDA); None where that is unavailable.
 
-    q: ``[B, D]`` float32 (normalised queries). On CUDA (tensor cores) and for a float32 bank
-    it is one matmul in the bank's dtype; a half-precision bank on a CPU is upcast block by
-    block (`CPU_UPCAST_BLOCK_ROWS`) and multiplied in float32.
+    Never ``(q16 @ bank16.T).float()``: a half output rounds every similarity to 11 bits
+    before the top-k, so near-equal neighbours tie and the retrieval depends on the device.
     """
-    if bank.dtype == torch.float32:
-        return q @ bank.t()
-    if bank.device.type != "cpu":
-        return (q.to(bank.dtype) @ bank.t()).float()
+    if bank.device.type != "cuda":
+        return None
+    try:
+        return torch.mm(q.to(bank.dtype), bank.t(), out_dtype=torch.float32)
+    except (TypeError, NotImplementedError):  # a torch without out_dtype for mm
+        return None
+
+
+def upcast_product(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """``q @ bank.T`` in float32, the bank upcast block by block (`CPU_UPCAST_BLOCK_ROWS`)."""
     out = torch.empty(q.shape[0], bank.shape[0], dtype=torch.float32, device=q.device)
     for start in range(0, bank.shape[0], CPU_UPCAST_BLOCK_ROWS):
         block = bank[start : start + CPU_UPCAST_BLOCK_ROWS]
         out[:, start : start + block.shape[0]] = q @ block.float().t()
     return out
+
+
+def similarity_product(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """``q @ bank.T`` in float32 ``[B, R]``, the fastest way the device has, float32 on every path.
+
+    q: ``[B, D]`` float32 (normalised queries, already rounded to the bank's dtype). A float32
+    bank is one float32 matmul. A half-precision bank: on CUDA one matmul on the half
+    operands with float32 accumulation and output (`native_half_product`); elsewhere upcast
+    block by block (`upcast_product`). The half operands are exact in float32, so every path
+    computes the same float32 products and differs only in summation order.
+    """
+    if bank.dtype == torch.float32:
+        return q @ bank.t()
+    native = native_half_product(q, bank)
+    return native if native is not None else upcast_product(q, bank)
 
 
 def cosine_similarity(

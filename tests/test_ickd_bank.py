@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +15,21 @@ from ickd_plugin.memory_bank import (
     load_bank_cache,
     no_augmentation_view,
 )
-from test_ickd_distiller import AddNoise, TinyNet, count_forwards, make_ickd, make_trainer
+from test_ickd_distiller import AddNoise, TensorSet, TinyNet, count_forwards, make_data, make_ickd, make_trainer
+
+# The stand-in datasets keep their images in `images`, which the cache key cannot see; the
+# warning that says so is tested once, below.
+pytestmark = pytest.mark.filterwarnings("ignore:ICKD memory-bank cache key:UserWarning")
+
+
+class Scale:
+    """A deterministic transform other than the validation one."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
 
 
 def cached_ickd(cache_dir, **ickd):
@@ -113,7 +129,7 @@ def test_key_depends_on_weights_data_transform_and_dtype() -> None:
     key = bank_cache_key(teacher, view, torch.float32)
     assert bank_cache_key(teacher, view, torch.float32) == key
     assert bank_cache_key(teacher, view, torch.float16) != key
-    other_transform = no_augmentation_view(trainer.train_loader.dataset, trainer.train_loader.dataset)
+    other_transform = no_augmentation_view(trainer.train_loader.dataset, SimpleNamespace(transform=Scale(2.0)))
     assert bank_cache_key(teacher, other_transform, torch.float32) != key
     relabelled = no_augmentation_view(trainer.train_loader.dataset, trainer.val_loader.dataset)
     relabelled.targets = list(reversed(relabelled.targets))
@@ -276,3 +292,237 @@ def test_bank_build_save_and_load_peak_memory_stays_near_the_bank_size(tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     extra, bank_bytes = (int(v) for v in result.stdout.split())
     assert extra <= 1.5 * bank_bytes + (64 << 20), f"peak {extra / 2**20:.0f} MiB above start for a {bank_bytes / 2**20:.0f} MiB bank"
+
+
+# -- the cache key follows the bank's content (issue 12 §3.1) -----------------------------------
+class ArraySet(TensorSet):
+    """TensorSet whose images live in a `data` array, as torchvision's CIFAR / MNIST and kdharness."""
+
+    def __init__(self, data: np.ndarray, targets: list[int], transform=None) -> None:
+        super().__init__(torch.from_numpy(data), targets, transform)
+        self.data = data
+
+
+def _array_view(data: np.ndarray, transform) -> ArraySet:
+    targets = [i % 3 for i in range(len(data))]
+    return no_augmentation_view(ArraySet(data, targets), SimpleNamespace(transform=transform))
+
+
+def test_key_tells_apart_transforms_that_print_alike() -> None:
+    from torchvision import transforms
+
+    teacher = TinyNet()
+    data = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    same, double = transforms.Lambda(lambda x: x), transforms.Lambda(lambda x: 2 * x)
+    assert repr(same) == repr(double)  # what the old key hashed
+    assert bank_cache_key(teacher, _array_view(data, same), torch.float32) != bank_cache_key(
+        teacher, _array_view(data, double), torch.float32
+    )
+
+
+def test_key_follows_the_images_not_only_the_labels() -> None:
+    teacher = TinyNet()
+    data = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    key = bank_cache_key(teacher, _array_view(data, Scale(1.0)), torch.float32)
+    changed = data.copy()
+    changed[4, 3] += 1.0  # an item the 8 fingerprint reads (0, 3, 5, 8, ...) skip: only the data hash sees it
+    assert 4 not in {round(i * 19 / 7) for i in range(8)}
+    assert bank_cache_key(teacher, _array_view(changed, Scale(1.0)), torch.float32) != key
+    assert bank_cache_key(teacher, _array_view(data.copy(), Scale(1.0)), torch.float32) == key
+
+
+def test_key_follows_files_by_size_and_mtime(tmp_path) -> None:
+    files = []
+    for i in range(4):
+        path = tmp_path / f"{i}.bin"
+        path.write_bytes(bytes([i]) * 10)
+        files.append(str(path))
+
+    class FileSet(TensorSet):  # ImageFolder-like: `samples` holds (path, label)
+        def __init__(self) -> None:
+            super().__init__(torch.zeros(4, 8), [0, 1, 0, 1], None)
+            self.samples = [(path, label) for path, label in zip(files, self.targets)]
+
+    teacher = TinyNet()
+
+    def key() -> str:
+        return bank_cache_key(teacher, no_augmentation_view(FileSet(), SimpleNamespace(transform=None)), torch.float32)
+
+    before = key()
+    os.utime(files[2], ns=(1_000_000_000, 1_000_000_000))
+    assert key() != before
+
+
+def test_key_warns_when_it_cannot_see_the_images() -> None:
+    distiller = make_ickd(BASE="KD")
+    trainer = make_trainer(distiller)
+    view = no_augmentation_view(trainer.train_loader.dataset, trainer.val_loader.dataset)
+    with pytest.warns(UserWarning, match="neither an image array"):
+        bank_cache_key(distiller.teacher, view, torch.float32)
+
+
+# -- refresh and rows_for at the edges (issue 12 §3.2) ------------------------------------------
+def test_refresh_keeps_row_zeros_update_next_to_an_unknown_index() -> None:
+    bank = MemoryBank()
+    bank.fill(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1]), torch.arange(2), 2, "cpu")
+    # the unknown index comes first and once was clamped onto row 0, overwriting its update
+    bank.refresh(bank.rows_for(torch.tensor([9, 0])), torch.tensor([[7.0, 7.0], [3.0, 4.0]]), momentum=0.5)
+    assert bank.features.tolist() == [[2.0, 2.0], [0.0, 2.0]]  # row 0: 0.5 * [1, 0] + 0.5 * [3, 4]
+    assert torch.allclose(bank.inv_norms, torch.tensor([8 ** -0.5, 0.5]))
+
+
+def test_refresh_takes_the_first_of_repeated_rows() -> None:
+    bank = MemoryBank()
+    bank.fill(torch.zeros(2, 2), torch.tensor([0, 1]), torch.arange(2), 2, "cpu")
+    bank.refresh(torch.tensor([1, 1, -1]), torch.tensor([[2.0, 2.0], [8.0, 8.0], [5.0, 5.0]]), momentum=0.5)
+    assert bank.features.tolist() == [[0.0, 0.0], [1.0, 1.0]]
+
+
+def test_rows_for_is_minus_one_outside_the_bank() -> None:
+    bank = MemoryBank()
+    assert bank.rows_for(torch.tensor([0, 3])).tolist() == [-1, -1], "an empty bank holds nothing"
+    bank.fill(torch.randn(3, 2), torch.tensor([0, 1, 1]), torch.tensor([0, 2, 4]), 2, "cpu")
+    assert bank.rows_for(torch.tensor([4, 5, 100, -3, 1, 2])).tolist() == [2, -1, -1, -1, -1, 1]
+
+
+# -- the no-augmentation view is verified (issue 12 §3.3) ---------------------------------------
+class Forwarding(torch.utils.data.Dataset):
+    """A wrapper that forwards attribute reads to the dataset it wraps (and so augments through it)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        return self.inner[i]
+
+
+def test_view_refuses_a_wrapper_that_only_forwards_transform() -> None:
+    train, val = make_data()
+    wrapped = Forwarding(train)
+    assert hasattr(wrapped, "transform")  # what the old check looked at
+    with pytest.raises(ValueError, match=r"Forwarding only forwards `transform`.*augmentation on"):
+        no_augmentation_view(wrapped, val)
+
+
+def test_view_refuses_a_dataset_that_still_augments() -> None:
+    class AugmentsAnyway(TensorSet):  # owns `transform`, yet adds its own noise in __getitem__
+        def __getitem__(self, i: int):
+            image, target, index = super().__getitem__(i)
+            return image + torch.randn_like(image), target, index
+
+    train, val = make_data()
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="two reads of item 0 .* differ"):
+        no_augmentation_view(AugmentsAnyway(train.images, train.targets, AddNoise()), val)
+    assert torch.equal(torch.get_rng_state(), state), "the check consumes no global randomness"
+
+
+# -- float16 range and TAU (issue 12 §3.5) ------------------------------------------------------
+class Huge(torch.nn.Module):
+    """Pooled features of about 1e5: beyond float16's 65504."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(x.abs() + 1e5)
+
+
+def test_float16_bank_refuses_features_beyond_its_range() -> None:
+    from ickd_plugin.memory_bank import extract_features
+
+    train, _ = make_data()
+    train.transform = None
+    model = Huge()
+    with pytest.raises(ValueError, match=r"float16 cannot hold .*65504.*bfloat16"):
+        extract_features(model, model.fc, train, batch_size=4, dtype=torch.float16)
+    features, _, _ = extract_features(model, model.fc, train, batch_size=4, dtype=torch.bfloat16)
+    assert torch.isfinite(features.float()).all()
+    bank = MemoryBank(torch.float16)
+    with pytest.raises(ValueError, match="float16 cannot hold"):
+        bank.fill(torch.full((3, 2), 7e4), torch.tensor([0, 1, 1]), torch.arange(3), 2, "cpu")
+    bank.fill(torch.full((3, 2), 6e4), torch.tensor([0, 1, 1]), torch.arange(3), 2, "cpu")
+    with pytest.raises(ValueError, match="float16 cannot hold .* refreshing"):
+        bank.refresh(torch.tensor([0]), torch.full((1, 2), 1e5), momentum=0.5)
+
+
+def test_denormal_tau_is_refused() -> None:
+    from ickd_plugin.config import MIN_TAU, get_ickd_defaults, parse_ickd_config
+    from ickd_plugin.losses import context_weights
+
+    node = get_ickd_defaults()
+    node.TAU = 1e-40  # > 0, but 1 / TAU overflows float32
+    assert torch.isnan(context_weights(torch.tensor([[0.5, 0.4]]), 1e-40)).any(), "what it would do"
+    with pytest.raises(ValueError, match=r"ICKD.TAU = 1e-40; expected a number >= 1.175e-38"):
+        parse_ickd_config(node)
+    weights = context_weights(torch.tensor([[1.0, -1.0, float("-inf")]]), MIN_TAU)
+    assert weights.tolist() == [[1.0, 0.0, 0.0]]
+
+
+# -- no wasted work (issue 12 §3.6) -------------------------------------------------------------
+class ContrastiveSet(TensorSet):
+    """Draws CRD negatives per item while `is_sample` (mdistiller's CIFAR100InstanceSample switch)."""
+
+    draws = 0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.is_sample = True
+
+    def __getitem__(self, i: int):
+        item = super().__getitem__(i)
+        if not self.is_sample:
+            return item
+        type(self).draws += 1
+        return (*item, torch.randint(len(self), (16,)))
+
+
+def test_bank_pass_draws_no_contrastive_negatives() -> None:
+    from ickd_plugin.memory_bank import extract_features
+
+    train, val = make_data()
+    contrastive = ContrastiveSet(train.images, train.targets, AddNoise())
+    view = no_augmentation_view(contrastive, val)
+    assert contrastive.is_sample and not view.is_sample, "the copy is switched off, the training set is not"
+    ContrastiveSet.draws = 0
+    teacher = TinyNet()
+    features, _, indices = extract_features(teacher, teacher.fc, view, batch_size=5)
+    assert ContrastiveSet.draws == 0 and indices.tolist() == list(range(len(train)))
+
+
+def test_kdharness_indexed_dataset_view_drops_contrastive_indices() -> None:
+    from kdharness.data.indexed import IndexedDataset
+
+    train, val = make_data()
+    raw = [(image, target) for image, target, _ in TensorSet(train.images, train.targets)]
+
+    class Raw(list):
+        targets = train.targets
+        num_classes = 3
+
+    dataset = IndexedDataset(Raw(raw), AddNoise(), seed=0, with_index=True, crd_k=4)
+    view = no_augmentation_view(dataset, val)
+    assert dataset.crd_k == 4 and view.crd_k is None
+    assert len(view[0]) == 3
+
+
+# -- what building, loading or reusing the bank says (issue 11 §4) -----------------------------
+def test_bank_says_whether_it_was_built_loaded_or_reused(tmp_path, capsys) -> None:
+    first = cached_ickd(tmp_path)
+    _, trainer = build(first)
+    out = capsys.readouterr().out
+    assert "[ICKD] memory bank: built by the teacher from 18 training samples without augmentation" in out
+    assert f"cached to {bank_file(first, trainer)}" in out and "18 x 6 float32" in out
+    first.trainer_hooks()[0].before_train(trainer)
+    assert "memory bank: reused, already built for this teacher and data" in capsys.readouterr().out
+    build(cached_ickd(tmp_path))
+    assert f"memory bank: loaded from the cache {bank_file(first, trainer)}" in capsys.readouterr().out

@@ -176,3 +176,56 @@ def test_exact_topk_rejects_k_outside_the_columns() -> None:
             exact_topk(values, k)
     top, columns = exact_topk(values, 3)  # k = all columns: no (k+1)-th value to compare with
     assert top.tolist() == [[3.0, 2.0, 1.0]] and columns.tolist() == [[0, 2, 1]]
+
+
+# -- a half bank is compared in float32 on every device (issue 12 §3.4) -------------------------
+def _close_neighbours_bank() -> tuple[MemoryBank, torch.Tensor]:
+    """Class-1 rows [2000, j] (exact in float16) whose cosines to the query rise by ~4e-4 per j,
+    ~4000x float32's rounding, while their dot products (~1200 + 0.8 j) are closer than float16's
+    spacing there (1.0): rounding the product to float16 ties or reorders neighbours."""
+    rows = [[2000.0, float(j)] for j in range(20)] + [[-5.0, 7.0], [3.0, -2.0], [1.0, 1.0]]
+    labels = [1] * 20 + [0, 0, 0]
+    bank = MemoryBank(torch.float16)
+    bank.fill(torch.tensor(rows), torch.tensor(labels), torch.arange(len(rows)), 2, "cpu")
+    return bank, torch.tensor([[0.6, 0.8]])
+
+
+def test_half_bank_retrieval_is_the_same_on_the_cpu_and_the_cuda_path(monkeypatch) -> None:
+    from ickd_plugin import retrieval
+
+    bank, query = _close_neighbours_bank()
+    _, expected_neg, _ = reference(bank, query[0], 0, -1, 1, 6)
+    cpu = run(bank, query, torch.tensor([0]), torch.tensor([-1]), 1, 6)
+    assert cpu.neg_rows[0].tolist() == expected_neg == [19, 18, 17, 16, 15, 14]
+    # The CUDA branch multiplies the float16 operands with float32 accumulation and output
+    # (torch.mm's out_dtype, CUDA only); emulated here with exact products summed in float64.
+    calls = []
+
+    def cuda_like(q: torch.Tensor, half_bank: torch.Tensor) -> torch.Tensor:
+        calls.append(half_bank.dtype)
+        return torch.mm(q.to(half_bank.dtype).double(), half_bank.double().t()).float()
+
+    monkeypatch.setattr(retrieval, "native_half_product", cuda_like)
+    device_path = run(bank, query, torch.tensor([0]), torch.tensor([-1]), 1, 6)
+    assert calls == [torch.float16]
+    assert device_path.neg_rows[0].tolist() == expected_neg
+    assert torch.allclose(device_path.neg_sim, cpu.neg_sim, rtol=1e-6, atol=0)
+    # what the old CUDA branch did, (q16 @ bank16.T).float(), reorders these neighbours
+    q16 = torch.nn.functional.normalize(query, dim=1).half()
+    rounded = (q16 @ bank.features.t()).float() * bank.inv_norms
+    assert rounded[0, :20].topk(6).indices.tolist() != expected_neg
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_bank_retrieval_on_cuda_matches_the_cpu(dtype: torch.dtype) -> None:
+    """The real CUDA branch (torch.mm with out_dtype float32) on neighbours ~4e-4 apart."""
+    source, query = _close_neighbours_bank()
+    bank = MemoryBank(dtype)
+    bank.fill(source.features.float(), source.labels, torch.arange(source.num_rows), 2, "cpu")
+    _, expected_neg, _ = reference(bank, query[0], 0, -1, 1, 6)
+    cpu = run(bank, query, torch.tensor([0]), torch.tensor([-1]), 1, 6)
+    bank.to("cuda")
+    gpu = run(bank, query.cuda(), torch.tensor([0], device="cuda"), torch.tensor([-1], device="cuda"), 1, 6)
+    assert cpu.neg_rows[0].tolist() == gpu.neg_rows[0].tolist() == expected_neg
+    assert torch.allclose(gpu.neg_sim.cpu(), cpu.neg_sim, rtol=1e-6, atol=0)
