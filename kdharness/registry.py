@@ -72,6 +72,7 @@ def load_builtin_components() -> None:
     import kdharness.data  # noqa: F401
     import kdharness.distillers  # noqa: F401
     import kdharness.engine.trainer  # noqa: F401
+    import kdharness.engine.dot  # noqa: F401  (the dot / crd_dot trainers)
     import kdharness.models  # noqa: F401
 
     load_plugins()

@@ -364,9 +364,7 @@ class BaseTrainer:
             non_finite, self._stop_agreed = distributed.any_rank(non_finite, self._stop_signal is not None)
         if non_finite:
             return self._handle_non_finite(epoch, step, terms)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self._backward_and_step(terms, loss)
         self.meters["training_time"].update(time.time() - start)
         n = batch["image"].size(0)
         top1, top5 = accuracy(preds.detach(), batch["target"], topk=(1, 5))
@@ -380,6 +378,13 @@ class BaseTrainer:
                 self.tf_writer.add_scalar(f"train/{name}", value, self.global_step)
             self.diagnostics.write_step(self.tf_writer, self.global_step)
         return values
+
+    def _backward_and_step(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        """One optimizer update from this batch's loss terms (their sum is ``loss``); a trainer
+        with another update rule (``engine.dot``: one backward per loss) overrides only this."""
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _stop_requested(self) -> bool:
         """Stop after this step? Distributed: only what all ranks agreed on in `_run_step`."""

@@ -1,0 +1,134 @@
+"""DOT (engine/dot.py): the optimizer's update against a step computed by hand, its reduction
+to SGD when both momenta are equal, and the trainer's two backward passes.
+
+Tolerances: parameters of order 1 updated by a handful of float32 operations; each rounds
+within half an ulp (2**-24 relative), so 1e-6 absolute is several ulps of slack.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import kdharness.models  # noqa: F401  (registers the zoo)
+from kdharness.config import get_cfg_defaults
+from kdharness.distillers.kd import KD
+from kdharness.engine.dot import DistillationOrientedTrainer, DOTTrainer, split_losses
+from kdharness.registry import trainer_dict
+
+ATOL = 1e-6
+
+
+def _step(opt: DistillationOrientedTrainer, params, kd_grads, task_grads) -> None:
+    for p, g in zip(params, kd_grads):
+        p.grad = None if g is None else torch.tensor([g])
+    opt.step_kd()
+    assert all(p.grad is None for p in params)  # step_kd takes the distillation gradients
+    for p, g in zip(params, task_grads):
+        p.grad = None if g is None else torch.tensor([g])
+    opt.step()
+
+
+def test_dot_step_by_hand():
+    # a: task and kd gradients; b: task only; c: kd only.
+    # lr 0.1, wd 0.01, mu_task 0.8, mu_kd 0.95, mean momentum 0.875.
+    a, b, c = (nn.Parameter(torch.tensor([v])) for v in (1.0, 2.0, 3.0))
+    opt = DistillationOrientedTrainer([a, b, c], lr=0.1, momentum=0.8, momentum_kd=0.95, weight_decay=0.01)
+    # Step 1 (first: buffers start as the gradient, with weight decay on the task side only):
+    #   a: task buf 1 + 0.01 = 1.01 -> a = 1 - 0.101 = 0.899; kd buf 0.5 -> a = 0.849
+    #   b: task buf -1 + 0.02 = -0.98 -> b = 2 + 0.098 = 2.098
+    #   c: kd buf 0.25 (no weight decay on a first step) -> c = 3 - 0.025 = 2.975
+    _step(opt, [a, b, c], kd_grads=[0.5, None, 0.25], task_grads=[1.0, -1.0, None])
+    assert [a.item(), b.item(), c.item()] == pytest.approx([0.849, 2.098, 2.975], abs=ATOL)
+    # Step 2:
+    #   a task: 0.8 * 1.01 + (-0.5 + 0.01 * 0.849) = 0.31649 -> a = 0.849 - 0.031649 = 0.817351
+    #   b task (no kd): 0.875 * -0.98 + (0.3 + 0.01 * 2.098) = -0.53652 -> b = 2.098 + 0.053652 = 2.151652
+    #   a kd (has task): 0.95 * 0.5 + 0.2 = 0.675 -> a = 0.817351 - 0.0675 = 0.749851
+    #   c kd (no task): 0.875 * 0.25 + (0.4 + 0.01 * 2.975) = 0.6485 -> c = 2.975 - 0.06485 = 2.91015
+    _step(opt, [a, b, c], kd_grads=[0.2, None, 0.4], task_grads=[-0.5, 0.3, None])
+    assert [a.item(), b.item(), c.item()] == pytest.approx([0.749851, 2.151652, 2.91015], abs=ATOL)
+    state = opt.state_dict()["state"]
+    assert set(state[0]) == {"momentum_buffer", "momentum_kd_buffer"}  # mdistiller's state keys
+    assert set(state[1]) == {"momentum_buffer"} and set(state[2]) == {"momentum_kd_buffer"}
+    assert state[0]["momentum_kd_buffer"].item() == pytest.approx(0.675, abs=ATOL)
+    assert {"momentum", "momentum_kd", "dampening", "weight_decay", "lr"} <= set(opt.state_dict()["param_groups"][0])
+
+
+def test_equal_momenta_reduce_to_sgd_on_the_summed_loss():
+    # Both buffers are linear in the gradients: with mu_task = mu_kd their sum is SGD's buffer.
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    twin = copy.deepcopy(model)
+    dot = DistillationOrientedTrainer(model.parameters(), lr=0.1, momentum=0.9, momentum_kd=0.9, weight_decay=1e-3)
+    sgd = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for step in range(3):
+        x, y = torch.randn(5, 4), torch.randn(5, 3)
+        task, kd = ((model(x) - y) ** 2).mean(), model(x).pow(2).mean()
+        dot.zero_grad(set_to_none=True)
+        kd.backward(retain_graph=True)
+        dot.step_kd()
+        task.backward()
+        dot.step()
+        sgd.zero_grad()
+        (((twin(x) - y) ** 2).mean() + twin(x).pow(2).mean()).backward()
+        sgd.step()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=ATOL, rtol=0)
+
+
+def test_split_losses():
+    terms = {"loss_ce": torch.tensor(1.0), "loss_kd": torch.tensor(2.0), "loss_picd": torch.tensor(0.5)}
+    task, kd = split_losses(terms)
+    assert task.item() == 1.0 and kd.item() == 2.5
+    with pytest.raises(ValueError, match="loss_ce"):
+        split_losses({"loss_ce": torch.tensor(1.0)})
+
+
+def _trainer(tmp_path, distiller, **solver):
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(["SOLVER.TRAINER", "dot", "LOG.PREFIX", str(tmp_path), "LOG.TENSORBOARD_FREQ", 0])
+    for key, value in solver.items():
+        cfg.merge_from_list([f"SOLVER.{key}", value])
+    data = TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)), torch.arange(8))
+    loader = DataLoader(data, batch_size=4)
+    return trainer_dict["dot"]("dot_test", distiller, loader, loader, cfg), loader
+
+
+def test_trainer_names_and_step_matches_manual_dot(tmp_path):
+    assert trainer_dict["dot"] is DOTTrainer and trainer_dict["crd_dot"] is DOTTrainer
+    torch.manual_seed(0)
+    student, teacher = timm.create_model("cifar_resnet8", num_classes=5), timm.create_model("cifar_resnet8", num_classes=5)
+    cfg = get_cfg_defaults()
+    distiller = KD(student, teacher, cfg)
+    manual = copy.deepcopy(distiller)
+    trainer, loader = _trainer(tmp_path, distiller, **{"DOT.DELTA": 0.05, "MOMENTUM": 0.9, "LR": 0.05})
+    group = trainer.optimizer.param_groups[0]
+    assert (group["momentum"], group["momentum_kd"]) == pytest.approx((0.85, 0.95))
+    opt = DistillationOrientedTrainer(
+        manual.get_learnable_parameters(), lr=0.05, momentum=0.85, momentum_kd=0.95, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+    )
+    distiller.train(), manual.train()
+    for step, data in enumerate(loader):
+        trainer._run_step(data, epoch=1, step=step)
+        image, target, _ = data
+        _, losses = manual(image=image, target=target, epoch=1)
+        opt.zero_grad(set_to_none=True)
+        losses["loss_kd"].backward(retain_graph=True)
+        opt.step_kd()
+        losses["loss_ce"].backward()
+        opt.step()
+    for (name, p), q in zip(distiller.student.named_parameters(), manual.student.parameters()):
+        assert torch.allclose(p, q, atol=ATOL, rtol=0), name
+    assert any(not torch.equal(p, q) for p, q in zip(distiller.student.parameters(), teacher.parameters()))
+
+
+def test_trainer_rejects_bad_delta_and_amp(tmp_path):
+    student, teacher = timm.create_model("cifar_resnet8", num_classes=5), timm.create_model("cifar_resnet8", num_classes=5)
+    with pytest.raises(ValueError, match="SOLVER.DOT.DELTA"):
+        _trainer(tmp_path, KD(student, teacher, get_cfg_defaults()), **{"DOT.DELTA": 0.95})
+    with pytest.raises(ValueError, match="SOLVER.AMP"):
+        _trainer(tmp_path / "amp", KD(student, teacher, get_cfg_defaults()), AMP=True)
