@@ -57,12 +57,24 @@ def state_digest(state: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: POSIX offers no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, nothing between."""
+    """Write `data` to `path` so that readers see the old file or the new one, nothing between.
+
+    The file gets the mode a plain `open(path, "w")` would give (0o666 less the umask), not
+    mkstemp's private 0o600, so teammates on a shared machine can read checkpoints and summaries.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
