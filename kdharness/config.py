@@ -63,6 +63,7 @@ CFG.SOLVER.SCHEDULER = "step"  # ours: "step" (published) or "cosine"
 CFG.SOLVER.AMP = False  # ours: autocast + grad scaling on CUDA
 CFG.SOLVER.CHANNELS_LAST = False
 CFG.SOLVER.NAN_POLICY = "stop"  # ours: "stop" saves state and exits; "skip" drops the batch
+CFG.SOLVER.NAN_MAX_SKIPS = 10  # ours: with NAN_POLICY skip, the run stops at the next non-finite step past this many
 CFG.SOLVER.DDP_FIND_UNUSED_PARAMETERS = False  # ours: torchrun only; True for a method with idle parameters
 
 # Log
@@ -151,7 +152,7 @@ NON_NEGATIVE = (
     "EXPERIMENT.SEED", "DATASET.NUM_WORKERS", "DATASET.TRAIN_SUBSET", "SOLVER.WEIGHT_DECAY",
     "SOLVER.MOMENTUM", "SOLVER.LR_DECAY_RATE", "KD.LOSS.CE_WEIGHT", "KD.LOSS.KD_WEIGHT",
     "DKD.CE_WEIGHT", "DKD.ALPHA", "DKD.BETA", "DKD.WARMUP", "CRD.LOSS.CE_WEIGHT",
-    "CRD.LOSS.FEAT_WEIGHT", "LOG.SAVE_CHECKPOINT_FREQ", "LOG.SAVE_STEP_FREQ",
+    "CRD.LOSS.FEAT_WEIGHT", "LOG.SAVE_CHECKPOINT_FREQ", "LOG.SAVE_STEP_FREQ", "SOLVER.NAN_MAX_SKIPS",
 )
 
 

@@ -56,7 +56,9 @@ def test_plan_skips_complete_resumes_checkpointed_and_starts_the_rest(tmp_path):
         ("dkd.yaml", 2, "run"),
     ]
     assert plan[1].cmd == ["py", TRAIN, "--cfg", "kd.yaml", "--resume", "EXPERIMENT.SEED", "1", "SOLVER.EPOCHS", "2"]
-    assert plan[3].cmd == ["py", TRAIN, "--cfg", "dkd.yaml", "EXPERIMENT.SEED", "0", "SOLVER.EPOCHS", "2"]
+    # an earlier attempt left a summary but no checkpoint: train.py sets it aside (it refuses otherwise)
+    assert plan[3].cmd == ["py", TRAIN, "--cfg", "dkd.yaml", "--start-over", "EXPERIMENT.SEED", "0", "SOLVER.EPOCHS", "2"]
+    assert plan[5].cmd == ["py", TRAIN, "--cfg", "dkd.yaml", "EXPERIMENT.SEED", "2", "SOLVER.EPOCHS", "2"]  # nothing there
     assert plan[3].run_dir == str(base / "dkd,EXPERIMENT.SEED:0,SOLVER.EPOCHS:2")
 
 

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "method of each sweep, vanilla for NONE, DML for online)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     parser.add_argument("--no-reference", action="store_true", help="leave out the published figures")
+    parser.add_argument("--include-skipped", action="store_true",
+                        help="also rank runs that skipped training steps for a non-finite loss (SOLVER.NAN_POLICY skip)")
     parser.add_argument("--reference", metavar="CSV", help="published figures to use instead of the packaged ones "
                         "(columns: dataset,teacher,student,method,top1,source)")
     return parser
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        summaries, warnings = load_summaries(args.run_dirs)
+        summaries, warnings = load_summaries(args.run_dirs, include_skipped=args.include_skipped)
         reference = [] if args.no_reference else load_reference(args.reference)
     except (FileNotFoundError, ReferenceDataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -4,7 +4,8 @@ Each run is its own `python tools/train.py --cfg X EXPERIMENT.SEED s KEY VALUE .
 process, so one crash does not end the sweep; failures are listed at the end and make
 the exit status non-zero. Running the same command again continues an interrupted
 sweep: runs whose summary.json says complete are skipped, runs with a checkpoint are
-continued with --resume, the rest start fresh.
+continued with --resume, the rest start fresh (with --start-over where an earlier attempt
+left files but no checkpoint: train.py moves them to `<run dir>.old-<timestamp>`).
 """
 from __future__ import annotations
 
@@ -101,9 +102,17 @@ def run_action(run_dir: str) -> str:
     return RESUME if _has_checkpoint(run_dir) else RUN
 
 
+def _needs_start_over(run_dir: str) -> bool:
+    """A run to start afresh in a directory that holds an earlier attempt's files (no checkpoint)."""
+    from kdharness.engine.run_dir import previous_run_files
+
+    return bool(previous_run_files(run_dir))
+
+
 def train_command(config: str, seed: int, opts: Sequence[str], resume: bool, python: str = sys.executable,
-                  train_script: str = TRAIN_SCRIPT) -> list[str]:
-    return [python, train_script, "--cfg", config, *(["--resume"] if resume else []), SEED_KEY, str(seed), *opts]
+                  train_script: str = TRAIN_SCRIPT, start_over: bool = False) -> list[str]:
+    flags = ["--resume"] if resume else ["--start-over"] if start_over else []
+    return [python, train_script, "--cfg", config, *flags, SEED_KEY, str(seed), *opts]
 
 
 def plan_sweep(configs: Sequence[str], seeds: Sequence[int], opts: Sequence[str] = (), *,
@@ -135,18 +144,28 @@ def plan_sweep(configs: Sequence[str], seeds: Sequence[int], opts: Sequence[str]
                 )
             owners[run_dir] = (config, seed)
             action = run_action(run_dir)
-            cmd = train_command(config, seed, opts, resume=action == RESUME, python=python, train_script=train_script)
+            cmd = train_command(config, seed, opts, resume=action == RESUME, python=python, train_script=train_script,
+                                start_over=action == RUN and _needs_start_over(run_dir))
             plan.append(PlannedRun(cmd, action, config, seed, run_dir))
     return plan
 
 
 # -- execution ---------------------------------------------------------------------------
-def _with_action(cmd: list[str], action: str) -> list[str]:
-    """`cmd` with --resume added or removed, for a run whose state changed since planning."""
-    cmd = [token for token in cmd if token != "--resume"]
+def _with_action(cmd: list[str], action: str, run_dir: str | None = None) -> list[str]:
+    """`cmd` with --resume / --start-over set for a run whose state changed since planning."""
+    cmd = [token for token in cmd if token not in ("--resume", "--start-over")]
     if action == RESUME:
         cmd.insert(cmd.index("--cfg") + 2, "--resume")
+    elif action == RUN and run_dir is not None and _needs_start_over(run_dir):
+        cmd.insert(cmd.index("--cfg") + 2, "--start-over")
     return cmd
+
+
+def eval_command(run: PlannedRun, python: str = sys.executable) -> list[str]:
+    """`tools/eval.py` on the run's best student, with the run's own overrides (data root, seed)."""
+    opts = run.cmd[run.cmd.index(SEED_KEY):] if SEED_KEY in run.cmd else []
+    script = os.path.join(os.path.dirname(TRAIN_SCRIPT), "eval.py")
+    return [python, script, "--cfg", run.config, "--ckpt", os.path.join(run.run_dir, "student_best"), *opts]
 
 
 def format_duration(seconds: float) -> str:
@@ -217,7 +236,7 @@ def execute(plan: Sequence[PlannedRun], out: TextIO | None = None) -> int:
                 why = "complete" if action == SKIP else "in use by another training process"
                 say(f"{prefix}: skipped ({why}) - {run.run_dir}")
                 continue
-            cmd = _with_action(run.cmd, action)
+            cmd = _with_action(run.cmd, action, run.run_dir)
             say(f"{prefix}: {'resuming' if action == RESUME else 'starting'} -> {run.run_dir}\n  $ {shlex.join(cmd)}")
             start = time.monotonic()
             _Child.process = subprocess.Popen(cmd)
@@ -231,7 +250,7 @@ def execute(plan: Sequence[PlannedRun], out: TextIO | None = None) -> int:
             elif reason is None:
                 verb = "resumed" if action == RESUME else "ran"
                 counts[verb] += 1
-                say(f"{prefix}: {verb} in {wall}")
+                say(f"{prefix}: {verb} in {wall}; evaluate with\n  $ {shlex.join(eval_command(run))}")
             elif _Child.stop_requested:
                 say(f"{prefix}: stopped ({reason}) after {wall}; the next sweep resumes it")
             else:

@@ -14,7 +14,6 @@ plugins that subclass it keep working. What it adds:
 from __future__ import annotations
 
 import fcntl
-import glob
 import json
 import os
 import signal
@@ -27,8 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from kdharness.engine import distributed
-from kdharness.engine.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from kdharness.engine import distributed, run_dir
+from kdharness.engine.checkpoint import atomic_write_bytes, save_checkpoint
+from kdharness.engine.norm_stats import RunningStatsSnapshot
 from kdharness.engine.diagnostics import DiagnosticsLog
 from kdharness.engine.run_info import run_metadata
 from kdharness.engine.utils import (
@@ -55,7 +55,7 @@ EXIT_RUN_DIRECTORY_LOCKED = 75
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the state before the step was saved."""
+    """A loss term became NaN or infinite (or too many were skipped); the state before the step was saved."""
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -113,8 +113,11 @@ class BaseTrainer:
             # CPU autocast would mean bfloat16, which most CPUs run slower than float32.
             print(log_msg(f"SOLVER.AMP applies to CUDA only; on {self.device.type} this run stays in float32", "WARN"))
         self.hooks: list[Any] = list(getattr(unwrap(distiller), "trainer_hooks", lambda: [])())
+        # BatchNorm running statistics, copied before each forward so a skipped step can undo them.
+        self._running_stats = RunningStatsSnapshot(unwrap(distiller))
         self.diagnostics = DiagnosticsLog(unwrap(distiller))  # the distiller's optional diagnostics()
         self._stop_signal: int | None = None
+        self._resumed_from: str | None = None
         self._stop_agreed = False  # distributed: some rank had a stop signal at the last step
         self._lock_handle = None
         self.tf_writer = None
@@ -189,6 +192,7 @@ class BaseTrainer:
             "rng": rng_state(),
             "wall_time": self.wall_time,
             "skipped_steps": self.skipped_steps,
+            "config": self.cfg.dump(),  # what `--resume` compares the current config with
         }
 
     def _save(self, state: dict[str, Any], name: str) -> None:
@@ -201,34 +205,28 @@ class BaseTrainer:
             os.replace(path, path + ".prev")
         save_checkpoint(state, path)
 
-    def _resume_candidates(self) -> list[str]:
-        epochs = sorted(
-            glob.glob(os.path.join(self.log_path, "epoch_*")),
-            key=lambda p: int(p.rsplit("_", 1)[-1]) if p.rsplit("_", 1)[-1].isdigit() else -1,
-            reverse=True,
-        )
-        return [os.path.join(self.log_path, n) for n in ("latest", "latest.prev")] + epochs
+    def _prepare_run_directory(self, resume: bool, start_over: bool) -> dict[str, Any] | None:
+        """Before any training: the checkpoint to resume from (config checked), or a directory
+        free of any earlier run (refused, or that run set aside with `start_over`)."""
+        if resume:
+            path, state = run_dir.load_resume_state(self.log_path, warn=lambda m: print(log_msg(m, "WARN")))
+            run_dir.check_resume_config(self.log_path, state, self.cfg.dump())
+            self._resumed_from = path
+            return state
+        # Every rank checks (so all refuse together); only rank 0 moves the old run aside.
+        moved = run_dir.prepare_fresh_start(self.log_path, start_over, move=self.is_main)
+        distributed.barrier()
+        if moved is not None:
+            print(log_msg(f"--start-over: the earlier run in {self.log_path} was moved to {moved}", "WARN"))
+            self.tf_writer.close()  # its events file moved along; continue in a new one
+            from tensorboardX import SummaryWriter
+
+            self.tf_writer = SummaryWriter(os.path.join(self.log_path, "train.events"))
+        return None
 
     def load_resume_state(self) -> None:
-        """Load the newest intact full checkpoint; say which ones were skipped and why."""
-        errors = []
-        for path in self._resume_candidates():
-            if not os.path.exists(path):
-                continue
-            try:
-                state = load_checkpoint(path)
-                if "optimizer" not in state:
-                    raise CheckpointError(f"{path!r} holds no optimizer state (a student-only checkpoint)")
-            except CheckpointError as error:
-                errors.append(str(error))
-                print(log_msg(f"skipping {error}", "WARN"))
-                continue
-            if errors:
-                print(log_msg(f"resuming from the newest intact checkpoint {path!r}", "WARN"))
-            self._restore(state)
-            return
-        detail = "; ".join(errors) if errors else "none found"
-        raise CheckpointError(f"--resume: no intact checkpoint in {self.log_path!r} ({detail})")
+        """Load the newest intact full checkpoint (say which were skipped and why) and continue from it."""
+        self._restore(self._prepare_run_directory(resume=True, start_over=False))
 
     def _restore(self, state: dict[str, Any]) -> None:
         unwrap(self.distiller).load_state_dict(state["model"])
@@ -241,7 +239,9 @@ class BaseTrainer:
         self.global_step = state.get("global_step", 0)
         self.skipped_steps = state.get("skipped_steps", 0)
         step = state.get("step_in_epoch", 0)
-        if step and step < len(self.train_loader):
+        # step == len(loader): stopped after the epoch's last step, before its evaluation;
+        # train_epoch then runs no step and goes straight to end_epoch.
+        if step and step <= len(self.train_loader):
             self.start_epoch, self.start_step = state["epoch"], step
             for name, meter_state in state["meters"].items():
                 self.meters[name].load_state_dict(meter_state)
@@ -250,6 +250,15 @@ class BaseTrainer:
             self.start_epoch, self.start_step = state["epoch"] + 1, 0
         if "rng" in state:
             set_rng_state(state["rng"])
+        if self.is_main:
+            where = (
+                f"epoch {self.start_epoch}, step {self.start_step} of {len(self.train_loader)}"
+                if self.start_step else f"the start of epoch {self.start_epoch}"
+            )
+            source = self._resumed_from or "the checkpoint"
+            print(log_msg(
+                f"resuming from {source} (epoch {state['epoch']}, step {step}, global step {self.global_step}): "
+                f"continuing at {where} of {self.cfg.SOLVER.EPOCHS}", "INFO"))
 
     # -- signals ------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -266,11 +275,16 @@ class BaseTrainer:
         return previous
 
     # -- the loop -----------------------------------------------------------------------
-    def train(self, resume: bool = False) -> dict[str, Any]:
-        """Train to SOLVER.EPOCHS; returns the run summary (also written to summary.json)."""
+    def train(self, resume: bool = False, start_over: bool = False) -> dict[str, Any]:
+        """Train to SOLVER.EPOCHS; returns the run summary (also written to summary.json).
+
+        Without `resume`, a run directory that already holds a run is refused
+        (`run_dir.ExistingRunError`) unless `start_over`, which moves that run aside first.
+        """
+        state = self._prepare_run_directory(resume, start_over)
         self._call_hooks("before_train")
-        if resume:
-            self.load_resume_state()
+        if state is not None:
+            self._restore(state)
         previous_handlers = self._install_signal_handlers()
         try:
             for epoch in range(self.start_epoch, self.cfg.SOLVER.EPOCHS + 1):
@@ -306,6 +320,7 @@ class BaseTrainer:
         num_iter = len(self.train_loader) + first_step
         self.distiller.train()
         pbar = tqdm(total=num_iter, initial=first_step, disable=not self.is_main, dynamic_ncols=True)
+        self._pbar = pbar  # closed by a NaN stop too, so its error line starts a line of its own
         step = first_step
         epoch_start = time.time()
         for data in self.train_loader:
@@ -314,7 +329,8 @@ class BaseTrainer:
             losses = self._run_step(data, epoch, step)
             step += 1
             self.global_step += 1
-            self._call_hooks("after_step", self.global_step, losses)
+            if losses is not None:  # a skipped step must not reach the hooks (ICKD would bank its features)
+                self._call_hooks("after_step", self.global_step, losses)
             pbar.set_description(log_msg(self._progress_message(epoch), "TRAIN"))
             pbar.update()
             stop = self._stop_requested()
@@ -340,11 +356,13 @@ class BaseTrainer:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         return batch
 
-    def _run_step(self, data, epoch: int, step: int) -> dict[str, float]:
+    def _run_step(self, data, epoch: int, step: int) -> dict[str, float] | None:
+        """One optimisation step; the loss terms, or None for a non-finite step that was skipped."""
         start = time.time()
         batch = self._batch_to_device(data)
         self.meters["data_time"].update(time.time() - start)
         self.optimizer.zero_grad(set_to_none=True)
+        self._running_stats.take()
         with torch.autocast(device_type=self.device.type, enabled=self.scaler.is_enabled()):
             try:
                 preds, losses_dict = self.distiller(**batch, epoch=epoch)
@@ -363,7 +381,8 @@ class BaseTrainer:
             # would leave the others waiting in the gradient all-reduce.
             non_finite, self._stop_agreed = distributed.any_rank(non_finite, self._stop_signal is not None)
         if non_finite:
-            return self._handle_non_finite(epoch, step, terms)
+            self._handle_non_finite(epoch, step, terms)
+            return None
         self._backward_and_step(terms, loss)
         self.meters["training_time"].update(time.time() - start)
         n = batch["image"].size(0)
@@ -392,22 +411,38 @@ class BaseTrainer:
             return self._stop_agreed
         return self._stop_signal is not None
 
-    def _handle_non_finite(self, epoch: int, step: int, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _handle_non_finite(self, epoch: int, step: int, terms: dict[str, torch.Tensor]) -> None:
+        """Undo the forward's side effects, then skip the batch (NAN_POLICY skip, within
+        NAN_MAX_SKIPS) or save the state before the step and stop."""
         values = {name: float(term.detach()) for name, term in terms.items()}
         where = f"epoch {epoch}, step {step} (global step {self.global_step + 1}), loss terms {values}"
         self.optimizer.zero_grad(set_to_none=True)
-        if self.cfg.SOLVER.NAN_POLICY == "skip":
+        self._running_stats.restore()
+        limit = self.cfg.SOLVER.NAN_MAX_SKIPS
+        if self.cfg.SOLVER.NAN_POLICY == "skip" and self.skipped_steps < limit:
             self.skipped_steps += 1
-            print(log_msg(f"non-finite loss at {where}: batch skipped (SOLVER.NAN_POLICY=skip)", "WARN"))
-            return values
+            print(log_msg(
+                f"non-finite loss at {where}: batch skipped (SOLVER.NAN_POLICY skip; "
+                f"{self.skipped_steps} of at most SOLVER.NAN_MAX_SKIPS {limit})", "WARN"))
+            return None
         path = os.path.join(self.log_path, "nan_state")
         if self.is_main:
             state = self._state(epoch, step)
             state["non_finite_terms"] = values
             self._save(state, "nan_state")
+        self._release_lock()
+        if getattr(self, "_pbar", None) is not None:
+            self._pbar.close()
+        if self.cfg.SOLVER.NAN_POLICY == "skip":
+            advice = (
+                f"{self.skipped_steps} steps were already skipped and SOLVER.NAN_MAX_SKIPS is {limit}: the run "
+                "is diverging. Lower SOLVER.LR and train again with --start-over (or raise SOLVER.NAN_MAX_SKIPS "
+                "and --resume)"
+            )
+        else:
+            advice = "Lower SOLVER.LR, or set SOLVER.NAN_POLICY skip to drop such batches"
         raise NonFiniteLossError(
-            f"non-finite loss at {where}; the state before this step is saved in {path!r}. "
-            "Lower SOLVER.LR or set SOLVER.NAN_POLICY skip to drop such batches."
+            f"non-finite loss at {where}; the state before this step is saved in {path!r}. {advice}"
         )
 
     def _progress_message(self, epoch: int) -> str:

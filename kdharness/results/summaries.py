@@ -58,6 +58,9 @@ _REQUIRED = {
     "best_top1": (int, float),
 }
 _SEED_OVERRIDE = re.compile(r",EXPERIMENT\.SEED:[^,]*")
+# A run that `tools/train.py --start-over` moved aside (kdharness.engine.run_dir.set_aside):
+# an earlier attempt, replaced by the run in the directory without the suffix; never a result.
+_SET_ASIDE_DIR = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")
 # Published-table order: each baseline followed by ICKD added to it.
 _BASE_ORDER = ("", "KD", "DKD", "CRD", "DML")
 
@@ -87,6 +90,7 @@ class RunSummary:
     last_top1: float | None
     epochs_done: int
     epochs: int | None
+    skipped_steps: int = 0  # steps dropped for a non-finite loss (SOLVER.NAN_POLICY skip)
 
     @property
     def pair(self) -> Pair:
@@ -126,6 +130,7 @@ class RunSummary:
             last_top1=None if last is None else float(last),
             epochs_done=len(history) if isinstance(history, list) else 0,
             epochs=data.get("epochs") if isinstance(data.get("epochs"), int) else None,
+            skipped_steps=data.get("skipped_steps") if isinstance(data.get("skipped_steps"), int) else 0,
         )
 
 
@@ -148,7 +153,7 @@ def find_summary_files(paths: Iterable[str]) -> list[str]:
             found.add(os.path.normpath(path))
         elif os.path.isdir(path):
             for root, dirs, files in os.walk(path):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if not _SET_ASIDE_DIR.search(d))
                 if SUMMARY_FILE in files:
                     found.add(os.path.normpath(os.path.join(root, SUMMARY_FILE)))
         else:
@@ -167,8 +172,12 @@ def read_summary(path: str) -> RunSummary:
     return RunSummary.from_dict(data, path)
 
 
-def load_summaries(paths: Iterable[str]) -> tuple[list[RunSummary], list[str]]:
-    """Complete run summaries under `paths`, and one warning per file left out and why."""
+def load_summaries(paths: Iterable[str], include_skipped: bool = False) -> tuple[list[RunSummary], list[str]]:
+    """Complete run summaries under `paths`, and one warning per file left out and why.
+
+    A run that skipped steps for a non-finite loss trained on less than its config says
+    (and may have diverged): it is left out unless `include_skipped`.
+    """
     summaries: list[RunSummary] = []
     warnings: list[str] = []
     for path in find_summary_files(paths):
@@ -181,6 +190,12 @@ def load_summaries(paths: Iterable[str]) -> tuple[list[RunSummary], list[str]]:
             progress = f"{summary.epochs_done} of {summary.epochs}" if summary.epochs else f"{summary.epochs_done}"
             warnings.append(
                 f"skipped {path}: incomplete run ({progress} epochs); finish it with tools/sweep.py or tools/train.py --resume"
+            )
+            continue
+        if summary.skipped_steps and not include_skipped:
+            warnings.append(
+                f"skipped {path}: {summary.skipped_steps} training steps were skipped for a non-finite loss "
+                "(SOLVER.NAN_POLICY skip); rank it anyway with --include-skipped"
             )
             continue
         summaries.append(summary)
