@@ -5,13 +5,20 @@ loads unchanged); what it lacks and our users ask for is added beside it: seeds,
 root, a cosine schedule, mixed precision, DataLoader settings and fault handling.
 Each method owns one node (`CFG.KD`, `CFG.DKD`, `CFG.CRD`; plugins add theirs, e.g.
 `CFG.ICKD`). YAML files override only what differs from these defaults.
+
+This module reads and checks a config; it imports nothing of the host but the registries
+(a leaf). Loading one for a run, which needs every component registered first, is
+`kdharness.compose.load_config`, on the top floor.
 """
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
+import yaml
 from yacs.config import CfgNode as CN
+
+from kdharness.registry import dataset_dict, distiller_dict, trainer_dict
 
 
 class ConfigError(ValueError):
@@ -168,32 +175,74 @@ def cfg_get(cfg: CN, dotted_key: str):
     return node
 
 
-def load_config(path: str | None, opts: Iterable[str] = ()) -> CN:
-    """Defaults <- YAML file <- ``KEY VALUE`` overrides, then validation; returns a frozen node.
+def read_config_file(path: str) -> dict:
+    """The YAML file's top-level mapping (``{}`` for an empty file); ConfigError otherwise.
 
-    yacs already refuses unknown keys and wrong types; we re-raise its errors as ConfigError
-    naming the file, so the user sees which of the two layers was wrong.
+    yaml's own errors say ``in "<unicode string>"`` and span several lines, and yacs fails
+    on a list or a scalar with a traceback about CfgNode; this message names the file, the
+    line and column, and what the top level must be.
     """
-    from kdharness.registry import load_builtin_components
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist (working directory {os.getcwd()!r})")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.MarkedYAMLError as error:
+        where = _yaml_position(error.problem_mark)
+        what = error.problem or "syntax error"
+        if error.context:
+            what += f" ({error.context}{' started' + _yaml_position(error.context_mark) if error.context_mark else ''})"
+        raise ConfigError(f"{path}{where}: not valid YAML: {what}; fix the syntax there") from error
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a YAML text file ({type(error).__name__}: {error})") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
+        seen = type(data).__name__ if not isinstance(data, dict) else "mapping with non-text keys"
+        raise ConfigError(
+            f"{path}: the top level is a {seen}; expected a mapping of config nodes, "
+            "e.g. 'SOLVER:' on one line and '  EPOCHS: 240' indented below it"
+        )
+    return data
 
-    load_builtin_components()
-    cfg = get_cfg_defaults()
-    if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path!r} does not exist")
-        try:
-            cfg.merge_from_file(path)
-        except (KeyError, ValueError, AssertionError) as error:
-            raise ConfigError(f"{path}: {_yacs_message(error)}") from error
+
+def _yaml_position(mark: Any) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def override_pairs(opts: Iterable[str] | None) -> list[str]:
+    """The command line's ``KEY VALUE`` overrides as a flat list, refused if a value is missing."""
     opts = list(opts or [])
     if len(opts) % 2:
         raise ConfigError(f"overrides must come in KEY VALUE pairs; got {len(opts)} items: {opts}")
+    return opts
+
+
+def merge_config(
+    cfg: CN,
+    data: Mapping[str, Any],
+    opts: Sequence[str],
+    path: str = "<config>",
+    known_nodes_only: bool = False,
+) -> CN:
+    """Merge a file's mapping, then the overrides, into ``cfg`` (in place); returns ``cfg``.
+
+    yacs refuses unknown keys and wrong types; its errors come back as ConfigError naming
+    the layer (the file or the command line). ``known_nodes_only`` skips the top-level nodes
+    ``cfg`` lacks (a plugin's, before plugins are loaded), so the rest can be checked early.
+    """
+    if known_nodes_only:
+        data = {key: value for key, value in data.items() if key in cfg}
+        pairs = [(k, v) for k, v in zip(opts[::2], opts[1::2]) if str(k).split(".")[0] in cfg]
+        opts = [item for pair in pairs for item in pair]
     try:
-        cfg.merge_from_list(opts)
+        cfg.merge_from_other_cfg(CN(data))
+    except (KeyError, ValueError, AssertionError, TypeError) as error:
+        raise ConfigError(f"{path}: {_yacs_message(error)}") from error
+    try:
+        cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError) as error:
         raise ConfigError(f"command-line override: {_yacs_message(error)}") from error
-    validate_config(cfg)
-    cfg.freeze()
     return cfg
 
 
@@ -205,9 +254,10 @@ def _yacs_message(error: Exception) -> str:
 
 
 def validate_config(cfg: CN) -> None:
-    """Reject, before any training, every value that cannot work; names key, value, allowed."""
-    from kdharness.registry import dataset_dict, distiller_dict, trainer_dict
+    """Reject every name that is not registered and every value that cannot work.
 
+    Needs the registries filled (see `kdharness.compose`); names the key, value and allowed.
+    """
     for key, registry in (
         ("DISTILLER.TYPE", distiller_dict),
         ("SOLVER.TRAINER", trainer_dict),
@@ -216,6 +266,11 @@ def validate_config(cfg: CN) -> None:
         value = cfg_get(cfg, key)
         if value not in registry:
             raise ConfigError(f"{key} = {value!r} is not registered; allowed: {', '.join(sorted(registry))}")
+    validate_values(cfg)
+
+
+def validate_values(cfg: CN) -> None:
+    """The checks that need no registry (choices, signs, order): run before torch is imported."""
     for key, allowed in CHOICES.items():
         value = cfg_get(cfg, key)
         if value not in allowed:
@@ -231,11 +286,3 @@ def validate_config(cfg: CN) -> None:
     stages = list(cfg.SOLVER.LR_DECAY_STAGES)
     if stages != sorted(stages):
         raise ConfigError(f"SOLVER.LR_DECAY_STAGES = {stages}; expected increasing epochs")
-    from kdharness.models import check_model_name
-
-    check_model_name(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, "DISTILLER.STUDENT")
-    distiller_cls = distiller_dict[cfg.DISTILLER.TYPE]
-    requirement = getattr(distiller_cls, "teacher_requirement", None)
-    needs_teacher = requirement is None or requirement(cfg) != "none"
-    if needs_teacher:
-        check_model_name(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE, "DISTILLER.TEACHER")

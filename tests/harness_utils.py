@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from kdharness.config import load_config
+from kdharness.compose import load_config
 from kdharness.engine.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

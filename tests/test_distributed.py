@@ -130,8 +130,8 @@ def make_datasets(crd_k: int | None = None):
 
 def make_cfg(log_prefix: Path | str, batch_size: int, name: str, epochs: int = 1, method: str = "ICKD"):
     """ICKD (offline, KD base) or CRD on the MLPs; every key the trainer reads has its harness default."""
+    from kdharness.compose import load_builtin_components
     from kdharness.config import get_cfg_defaults
-    from kdharness.registry import load_builtin_components
 
     load_builtin_components()
     cfg = get_cfg_defaults()

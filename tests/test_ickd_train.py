@@ -24,7 +24,7 @@ import torch
 import ickd_plugin.distiller as ickd_distiller
 from fixtures_data import write_fashion_mnist_fixture
 from harness_utils import REPO, run_config, write_teacher_checkpoint
-from kdharness.config import load_config
+from kdharness.compose import load_config
 from kdharness.engine.checkpoint import load_checkpoint, save_checkpoint
 from kdharness.engine.trainer import unwrap
 

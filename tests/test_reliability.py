@@ -14,7 +14,8 @@ import torch
 
 from fixtures_data import write_fashion_mnist_fixture
 from harness_utils import REPO, run_config, write_teacher_checkpoint
-from kdharness.config import ConfigError, load_config
+from kdharness.compose import load_config
+from kdharness.config import ConfigError
 from kdharness.engine.checkpoint import CheckpointError, load_checkpoint
 
 KD_CFG = REPO / "configs" / "fashion_mnist" / "kd" / "res14_res8.yaml"

@@ -19,7 +19,7 @@ import torch
 
 from fixtures_data import write_fashion_mnist_fixture
 from harness_utils import REPO, write_teacher_checkpoint
-from kdharness.config import load_config
+from kdharness.compose import load_config
 from kdharness.engine.checkpoint import load_checkpoint
 from kdharness.engine.trainer import unwrap
 

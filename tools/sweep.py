@@ -51,7 +51,7 @@ class SweepError(ValueError):
 # -- planning (no training is launched here) ---------------------------------------------
 def run_directory(config: str, opts: Sequence[str]) -> str:
     """The run directory `tools/train.py --cfg config *opts` writes to, computed the same way."""
-    from kdharness.config import load_config
+    from kdharness.compose import load_config
     from kdharness.engine.build import experiment_name
 
     cfg = load_config(config, list(opts))

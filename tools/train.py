@@ -4,10 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kdharness.config import ConfigError, load_config
-from kdharness.engine.checkpoint import CheckpointError
-from kdharness.engine.trainer import EXIT_RUN_DIRECTORY_LOCKED, NonFiniteLossError, RunDirectoryLocked
-from kdharness.engine.utils import log_msg
+from kdharness.compose import load_config
+from kdharness.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +25,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume and --start-over exclude each other: continue the run, or train it again from epoch 1")
     try:
         cfg = load_config(args.cfg, args.opts)
-        from kdharness.engine.build import build_trainer
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # Imported once the config is known to be good: a typo is reported before torch loads.
+    from kdharness.engine.build import build_trainer
+    from kdharness.engine.checkpoint import CheckpointError
+    from kdharness.engine.trainer import EXIT_RUN_DIRECTORY_LOCKED, NonFiniteLossError, RunDirectoryLocked
+    from kdharness.engine.utils import log_msg
 
+    try:
         print(log_msg(f"CONFIG:\n{cfg.dump()}", "INFO"))
         trainer = build_trainer(cfg, args.opts or [])
         trainer.train(resume=args.resume, start_over=args.start_over)

@@ -92,7 +92,7 @@ def bench_bank_build(
     from ickd_plugin.features import find_classifier
     from ickd_plugin.memory_bank import extract_features, no_augmentation_view
     from kdharness.models import create_model
-    from kdharness.registry import load_builtin_components
+    from kdharness.compose import load_builtin_components
 
     load_builtin_components()
     device = device if isinstance(device, torch.device) else resolve_device(device)

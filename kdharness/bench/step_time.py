@@ -102,7 +102,7 @@ def load_method_config(
     method: str, pair: Pair, batch_size: int, log_prefix: str, extra: Sequence[str] = (), config_root: Path = CONFIG_ROOT
 ) -> tuple[Any, str]:
     """The frozen config of ``method`` (with bench overrides) and a description of its source."""
-    from kdharness.config import load_config
+    from kdharness.compose import load_config
 
     path, overrides = method_config(method, pair, config_root)
     opts = list(overrides) + [
@@ -211,7 +211,8 @@ def bench_step_time(
     from kdharness.data.loaders import uses_crd
     from kdharness.engine.build import experiment_name
     from kdharness.models import create_model
-    from kdharness.registry import load_builtin_components, trainer_dict
+    from kdharness.compose import load_builtin_components
+    from kdharness.registry import trainer_dict
 
     load_builtin_components()
     device = device if isinstance(device, torch.device) else resolve_device(device)

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from kdharness import data as kd_data  # noqa: F401  (registers datasets)
 from kdharness import distillers  # noqa: F401  (registers distillers)
+from kdharness.compose import load_builtin_components
 from kdharness.data import build_datasets, build_loaders
 from kdharness.distillers._base import TEACHER_NONE, TEACHER_PRETRAINED
 from kdharness.engine import distributed
@@ -21,7 +22,7 @@ from kdharness.engine.trainer import BaseTrainer  # noqa: F401  (registers the b
 from kdharness.engine.utils import log_msg, seed_everything
 from kdharness.models import create_model
 from kdharness.models.weights import load_weights, resolve_teacher_path
-from kdharness.registry import distiller_dict, load_plugins, trainer_dict
+from kdharness.registry import distiller_dict, trainer_dict
 
 
 # Overrides that say where things are or how fast they run, not what is trained: left out of
@@ -73,7 +74,7 @@ def build_distiller(cfg, num_classes: int, num_data: int) -> nn.Module:
 
 def build_trainer(cfg, opts: Sequence[str] = (), device: str | None = None):
     """Everything `tools/train.py` does before `trainer.train()`; returns the trainer."""
-    load_plugins()
+    load_builtin_components()
     rank, world_size = distributed.init_from_env()
     seed_everything(cfg.EXPERIMENT.SEED)
     train_set, val_set, num_classes = build_datasets(cfg)
