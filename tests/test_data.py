@@ -186,8 +186,8 @@ def test_fashion_mnist_label_count_mismatch(tmp_path, no_system_fashion):
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL_FASHION_MNIST), reason="Debian's dataset-fashion-mnist is not installed")
-def test_real_fashion_mnist(tmp_path):
-    cfg = make_cfg("fashion_mnist", tmp_path)  # empty ROOT: found through the system folder
+def test_real_fashion_mnist():
+    cfg = make_cfg("fashion_mnist", REAL_FASHION_MNIST)  # an explicit ROOT never falls back (test_bad_input.py)
     train, test = dataset_dict["fashion_mnist"](cfg, True), dataset_dict["fashion_mnist"](cfg, False)
     assert (len(train), len(test)) == (60000, 10000)
     assert train.num_classes == 10 and set(train.targets) == set(range(10)) == set(test.targets)

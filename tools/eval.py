@@ -6,11 +6,13 @@ trainer checkpoint (the student is taken from the distiller's state) or a plain 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-import torch
+from kdharness.compose import load_config
+from kdharness.config import ConfigError
 
-from kdharness.config import ConfigError, load_config
+CKPT_FLAG = "--ckpt"  # named in every error about the checkpoint file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.cfg, args.opts)
+        if not os.path.isfile(args.ckpt):
+            raise FileNotFoundError(f"{CKPT_FLAG} = {args.ckpt!r}: no such file (working directory {os.getcwd()!r})")
+        import torch
         from torch.utils.data import DataLoader
 
         from kdharness.data import IndexedDataset, build_transform
@@ -31,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         from kdharness.engine.trainer import validate
         from kdharness.distillers._base import Vanilla
         from kdharness.models import create_model
-        from kdharness.models.weights import load_weights
+        from kdharness.models.weights import check_checkpoint_format, load_weights
 
+        check_checkpoint_format(args.ckpt, CKPT_FLAG)
         raw_val = dataset_dict[cfg.DATASET.TYPE](cfg, False)
         val_set = IndexedDataset(raw_val, build_transform(cfg.DATASET.TYPE, train=False), with_index=False)
         num_classes = val_set.num_classes
@@ -42,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         weights = state.get("model", state)
         if any(k.startswith("student.") for k in weights):  # a full distiller checkpoint
             weights = {k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")}
-        load_weights(model, args.ckpt, state_dict=weights)
+        load_weights(model, args.ckpt, CKPT_FLAG, state_dict=weights)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         val_loader = DataLoader(val_set, batch_size=cfg.DATASET.TEST.BATCH_SIZE, num_workers=cfg.DATASET.NUM_WORKERS)
         top1, top5, loss = validate(val_loader, Vanilla(model).to(device), device)
-    except (ConfigError, FileNotFoundError, RuntimeError) as error:
+    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{name} on {cfg.DATASET.TYPE}: top-1 {top1:.2f}  top-5 {top5:.2f}  loss {loss:.4f}")

@@ -49,6 +49,12 @@ class CIFAR100(_TorchvisionCIFAR100):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def source(self) -> str:
+        """The pickle this split was read from (logged at start-up)."""
+        name = (self.train_list if self.train else self.test_list)[0][0]
+        return os.path.join(self.root, self.base_folder, name)
+
     def keep_first(self, n: int) -> None:
         """Keep the first ``n`` samples (``DATASET.TRAIN_SUBSET``), images and targets alike."""
         self.data = self.data[:n]

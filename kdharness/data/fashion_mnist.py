@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from kdharness.config import CFG
 from kdharness.data.indexed import train_subset_size
 from kdharness.registry import register_dataset
 
@@ -28,7 +29,8 @@ FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# Searched after DATASET.ROOT's own layouts; a module attribute so tests can redirect it.
+# The system copy, used when DATASET.ROOT is left at its default and holds no Fashion-MNIST;
+# a module attribute so tests can redirect it.
 SYSTEM_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
 PAD = 2
 HOW_TO_GET = (
@@ -77,10 +79,20 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=_IDX_DTYPES[dtype_code], offset=header).reshape(dims)
 
 
-def search_dirs(root: str) -> list[str]:
-    """Where the idx files are looked for, in order."""
+def root_dirs(root: str) -> list[str]:
+    """The layouts looked at under ``DATASET.ROOT``, in order."""
     root = os.path.expanduser(root)
-    return [root, os.path.join(root, "fashion-mnist"), os.path.join(root, "FashionMNIST", "raw"), *SYSTEM_DIRS]
+    return [root, os.path.join(root, "fashion-mnist"), os.path.join(root, "FashionMNIST", "raw")]
+
+
+def search_dirs(root: str) -> list[str]:
+    """Every folder looked at, in order: ROOT's layouts, then (default ROOT only) the system copy."""
+    return root_dirs(root) + (list(SYSTEM_DIRS) if is_default_root(root) else [])
+
+
+def is_default_root(root: str) -> bool:
+    """Whether ``root`` is ``DATASET.ROOT``'s default, the only root that may use the system copy."""
+    return os.path.normpath(os.path.expanduser(root)) == os.path.normpath(CFG.DATASET.ROOT)
 
 
 def _find(folder: str, stem: str) -> str | None:
@@ -91,17 +103,42 @@ def _find(folder: str, stem: str) -> str | None:
     return None
 
 
+def _stems() -> list[str]:
+    return [*FILES[True], *FILES[False]]
+
+
 def find_files(root: str, train: bool) -> tuple[str, str]:
-    """The (images, labels) paths of the first searched folder holding both."""
+    """The (images, labels) paths of the split, both splits always from one folder.
+
+    The folder is the first of ROOT's layouts holding any Fashion-MNIST file, and it must
+    hold all four: a ROOT with the train files only is an error naming the missing ones,
+    never a silent mix with another copy. Only the default ROOT (``./data``), when it holds
+    no Fashion-MNIST file at all, falls back to the system copy; any other ROOT is the
+    user's choice and a mistyped one is an error, never a run on other data.
+    """
+    for folder in root_dirs(root):
+        found = {stem: _find(folder, stem) for stem in _stems()}
+        if any(found.values()):
+            missing = [stem + "[.gz]" for stem, path in found.items() if path is None]
+            if missing:
+                raise FileNotFoundError(
+                    f"DATASET.ROOT = {root!r}: {folder} holds part of Fashion-MNIST but lacks "
+                    f"{', '.join(missing)}; put all four files there, or point DATASET.ROOT to a "
+                    f"complete copy. To get them: {HOW_TO_GET}"
+                )
+            return found[FILES[train][0]], found[FILES[train][1]]
+    if is_default_root(root):
+        for folder in SYSTEM_DIRS:
+            found = {stem: _find(folder, stem) for stem in _stems()}
+            if all(found.values()):
+                return found[FILES[train][0]], found[FILES[train][1]]
     images_stem, labels_stem = FILES[train]
-    dirs = search_dirs(root)
-    for folder in dirs:
-        images, labels = _find(folder, images_stem), _find(folder, labels_stem)
-        if images and labels:
-            return images, labels
+    complete = [d for d in SYSTEM_DIRS if all(_find(d, stem) for stem in _stems())]
+    hint = f" A complete copy is in {complete[0]}: set DATASET.ROOT to it." if complete else ""
     raise FileNotFoundError(
         f"Fashion-MNIST {'train' if train else 'test'} files {images_stem}[.gz] and {labels_stem}[.gz] "
-        f"not found under DATASET.ROOT = {root!r}; searched {', '.join(dirs)}. To get them: {HOW_TO_GET}"
+        f"not found under DATASET.ROOT = {root!r}; searched {', '.join(search_dirs(root))}.{hint} "
+        f"To get them: {HOW_TO_GET}"
     )
 
 
@@ -136,6 +173,11 @@ class FashionMNIST:
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         padded = np.pad(self.data[index], PAD)
         return Image.fromarray(np.repeat(padded[:, :, None], 3, axis=2)), self.targets[index]
+
+    @property
+    def source(self) -> str:
+        """The files this split was read from (logged at start-up)."""
+        return f"{self.images_path}, {self.labels_path}"
 
     def keep_first(self, n: int) -> None:
         self.data = self.data[:n]

@@ -17,6 +17,11 @@ class ImageNetFolder(ImageFolder):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def source(self) -> str:
+        """The folder this split was read from (logged at start-up)."""
+        return self.root
+
     def keep_first(self, n: int) -> None:
         """Keep the first ``n`` samples. ImageFolder sorts by class, so a small ``n``
         covers only the first classes; enough for smoke runs, not for accuracy."""

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from kdharness.data.indexed import IndexedDataset, mix_seed
 from kdharness.data.sampler import EpochSampler
 from kdharness.data.transforms import build_transform
+from kdharness.engine.utils import log_msg
 from kdharness.registry import dataset_dict
 
 _LOADER_DOMAIN = 0x3C6EF372
@@ -30,14 +31,20 @@ def uses_crd(cfg: Any) -> bool:
     return "ICKD" in cfg and cfg.ICKD.get("BASE", None) == "CRD"
 
 
-def build_datasets(cfg: Any) -> tuple[IndexedDataset, IndexedDataset, int]:
+def build_datasets(cfg: Any, log: bool = True) -> tuple[IndexedDataset, IndexedDataset, int]:
     """``(train_set, val_set, num_classes)`` for ``cfg.DATASET``.
 
     The train set is augmented and returns indices (plus CRD's when `uses_crd`); the val set
-    returns ``(image, target)`` with the test transform, as mdistiller's.
+    returns ``(image, target)`` with the test transform, as mdistiller's. With ``log``, prints
+    where each split was read from (a raw dataset's ``source``), so the log shows which copy
+    of the data a run used.
     """
     builder = dataset_dict[cfg.DATASET.TYPE]
     raw_train, raw_val = builder(cfg, True), builder(cfg, False)
+    if log:
+        for split, raw in (("train", raw_train), ("val", raw_val)):
+            source = getattr(raw, "source", type(raw).__name__)
+            print(log_msg(f"{cfg.DATASET.TYPE} {split} split: {len(raw)} samples read from {source}", "INFO"))
     if raw_train.num_classes != raw_val.num_classes:
         raise ValueError(
             f"DATASET.TYPE = {cfg.DATASET.TYPE!r}: the train split has {raw_train.num_classes} classes "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import tempfile
 from typing import Any, Sequence
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn as nn
 from kdharness import data as kd_data  # noqa: F401  (registers datasets)
 from kdharness import distillers  # noqa: F401  (registers distillers)
 from kdharness.compose import load_builtin_components
+from kdharness.config import ConfigError
 from kdharness.data import build_datasets, build_loaders
 from kdharness.distillers._base import TEACHER_NONE, TEACHER_PRETRAINED
 from kdharness.engine import distributed
@@ -72,12 +74,42 @@ def build_distiller(cfg, num_classes: int, num_data: int) -> nn.Module:
     return cls(student, teacher, cfg, **kwargs)
 
 
+def check_log_prefix(cfg) -> None:
+    """Raise ConfigError unless ``LOG.PREFIX`` is, or can become, a writable directory.
+
+    Checked before data and models load: otherwise a file in the way or a read-only disk
+    shows up as a NotADirectoryError / PermissionError traceback from the trainer. Creating
+    a temporary file is the test, since ``os.access`` says yes to root on a read-only mount.
+    """
+    value = str(cfg.LOG.PREFIX)
+    prefix = os.path.expanduser(value)
+    existing = os.path.abspath(prefix)
+    while not os.path.exists(existing):  # ends at "/" at the latest
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(
+            f"LOG.PREFIX = {value!r}: {existing!r} is a file, not a directory; "
+            "set LOG.PREFIX to a directory (it is created if missing)"
+        )
+    try:
+        os.makedirs(prefix, exist_ok=True)
+        with tempfile.TemporaryFile(dir=prefix):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"LOG.PREFIX = {value!r} is not writable ({error.strerror or error}: {error.filename or prefix}); "
+            "set LOG.PREFIX to a directory you can write to"
+        ) from error
+
+
 def build_trainer(cfg, opts: Sequence[str] = (), device: str | None = None):
     """Everything `tools/train.py` does before `trainer.train()`; returns the trainer."""
     load_builtin_components()
     rank, world_size = distributed.init_from_env()
+    if rank == 0:
+        check_log_prefix(cfg)
     seed_everything(cfg.EXPERIMENT.SEED)
-    train_set, val_set, num_classes = build_datasets(cfg)
+    train_set, val_set, num_classes = build_datasets(cfg, log=rank == 0)
     train_loader, val_loader = build_loaders(cfg, train_set, val_set, rank=rank, world_size=world_size)
     distiller = build_distiller(cfg, num_classes, len(train_set))
     target = torch.device(device) if device else distributed.default_device()

@@ -9,6 +9,7 @@ way a distillation run silently goes wrong.
 """
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 import re
@@ -29,10 +30,14 @@ MDISTILLER_LAYOUT = os.path.join(CIFAR_TEACHER_DIR, "<TEACHER>_vanilla", "ckpt_e
 
 # How many names of each kind of mismatch an error message shows.
 _SHOW = 5
+# File sniffing: the bytes read, and torch.save's zip format's first four.
+_SNIFF_BYTES = 512
+_ZIP_MAGIC = b"PK\x03\x04"
 
 __all__ = [
     "CheckpointError",
     "MDISTILLER_LAYOUT",
+    "check_checkpoint_format",
     "extract_state_dict",
     "load_teacher_weights",
     "load_weights",
@@ -95,6 +100,7 @@ def _read_checkpoint(path: str, key_name: str) -> Any:
         )
     if os.path.isdir(path):
         raise CheckpointError(f"{key_name} = {path!r} is a directory; expected a checkpoint file (.pth)")
+    check_checkpoint_format(path, key_name)
     try:
         # weights_only: a checkpoint is data, never code to run.
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -115,6 +121,44 @@ def _read_checkpoint(path: str, key_name: str) -> Any:
             f"{key_name} = {path!r} is not a readable PyTorch checkpoint (truncated or corrupt download?): "
             f"{type(error).__name__}: {error}"
         ) from error
+
+
+def check_checkpoint_format(path: str, key_name: str = TEACHER_KEY) -> None:
+    """Refuse a file that is no ``torch.save`` output, saying what it is instead.
+
+    ``torch.save`` writes a zip archive (``PK\\x03\\x04``) or, in the legacy format, a
+    pickle (``\\x80`` then the protocol). Anything else fed to ``torch.load`` fails with
+    an error about the unpickler (``KeyError: 116`` for a saved URL, an advice to allow-list
+    globals for an HTML page): the usual culprits are named here instead.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if head.startswith(_ZIP_MAGIC) or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return
+    raise CheckpointError(
+        f"{key_name} = {path!r} is not a PyTorch checkpoint: {_describe_file(head)}. "
+        f"Point {key_name} to the .pth file written by torch.save (download it again if needed)"
+    )
+
+
+def _describe_file(head: bytes) -> str:
+    if not head:
+        return "the file is empty"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return "it is a tar archive; unpack it (tar xf) and point to the checkpoint inside"
+    if head.startswith(b"\x1f\x8b"):
+        return "it is a gzip archive; unpack it first"
+    try:  # incremental: a character cut at the end of `head` is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return f"it starts with the bytes {head[:8]!r}, neither a zip archive nor a pickle"
+    first = text.strip().splitlines()[0][:80] if text.strip() else ""
+    lowered = text.lower()
+    if lowered.startswith("version https://git-lfs"):
+        return "it is a git-lfs pointer, not the file (run `git lfs pull` in its repository)"
+    if "<html" in lowered or "<!doctype" in lowered:
+        return f"it is an HTML page (a failed download saves the server's page, e.g. 'Not Found'), starting {first!r}"
+    return f"it is a text file starting {first!r}"
 
 
 def extract_state_dict(checkpoint: Any, path: str = "<checkpoint>") -> dict[str, torch.Tensor]:
