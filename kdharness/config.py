@@ -103,6 +103,57 @@ CFG.CRD.NCE.K = 16384
 CFG.CRD.NCE.MOMENTUM = 0.5
 CFG.CRD.NCE.TEMPERATURE = 0.07
 
+# FitNet (Romero et al.): regress the student's HINT_LAYER feature onto the teacher's
+CFG.FITNET = CN()
+CFG.FITNET.HINT_LAYER = 2  # index into feats["feats"]: (0, 1, 2, 3, 4)
+CFG.FITNET.INPUT_SIZE = (32, 32)  # probe input for the regressor's shapes; (224, 224) for ImageNet
+CFG.FITNET.LOSS = CN()
+CFG.FITNET.LOSS.CE_WEIGHT = 1.0
+CFG.FITNET.LOSS.FEAT_WEIGHT = 100.0
+
+# AT (Zagoruyko & Komodakis): attention maps of feats[1:]
+CFG.AT = CN()
+CFG.AT.P = 2
+CFG.AT.LOSS = CN()
+CFG.AT.LOSS.CE_WEIGHT = 1.0
+CFG.AT.LOSS.FEAT_WEIGHT = 1000.0
+
+# NST (Huang & Wang): polynomial-kernel MMD of feats[1:]
+CFG.NST = CN()
+CFG.NST.LOSS = CN()
+CFG.NST.LOSS.CE_WEIGHT = 1.0
+CFG.NST.LOSS.FEAT_WEIGHT = 50.0
+
+# PKT (Passalis & Tefas): cosine-kernel distributions of pooled_feat
+CFG.PKT = CN()
+CFG.PKT.LOSS = CN()
+CFG.PKT.LOSS.CE_WEIGHT = 1.0
+CFG.PKT.LOSS.FEAT_WEIGHT = 30000.0
+
+# SP (Tung & Mori): batch similarity of feats[-1]
+CFG.SP = CN()
+CFG.SP.LOSS = CN()
+CFG.SP.LOSS.CE_WEIGHT = 1.0
+CFG.SP.LOSS.FEAT_WEIGHT = 3000.0
+
+# RKD (Park et al.): distance and angle relations of pooled_feat
+CFG.RKD = CN()
+CFG.RKD.DISTANCE_WEIGHT = 25
+CFG.RKD.ANGLE_WEIGHT = 50
+CFG.RKD.LOSS = CN()
+CFG.RKD.LOSS.CE_WEIGHT = 1.0
+CFG.RKD.LOSS.FEAT_WEIGHT = 1.0
+CFG.RKD.PDIST = CN()
+CFG.RKD.PDIST.EPSILON = 1e-12
+CFG.RKD.PDIST.SQUARED = False
+
+# KDSVD (Lee et al.): SVD of feats[1:]; the teacher keeps K singular vectors, the student K + 3
+CFG.KDSVD = CN()
+CFG.KDSVD.K = 1
+CFG.KDSVD.LOSS = CN()
+CFG.KDSVD.LOSS.CE_WEIGHT = 1.0
+CFG.KDSVD.LOSS.FEAT_WEIGHT = 1.0
+
 # DKD (Zhao et al.)
 CFG.DKD = CN()
 CFG.DKD.CE_WEIGHT = 1.0
@@ -160,6 +211,14 @@ NON_NEGATIVE = (
     "SOLVER.MOMENTUM", "SOLVER.LR_DECAY_RATE", "KD.LOSS.CE_WEIGHT", "KD.LOSS.KD_WEIGHT",
     "DKD.CE_WEIGHT", "DKD.ALPHA", "DKD.BETA", "DKD.WARMUP", "CRD.LOSS.CE_WEIGHT",
     "CRD.LOSS.FEAT_WEIGHT", "LOG.SAVE_CHECKPOINT_FREQ", "LOG.SAVE_STEP_FREQ", "SOLVER.NAN_MAX_SKIPS",
+)
+
+# The feature-distillation nodes (FITNET, AT, NST, PKT, SP, RKD, KDSVD).
+POSITIVE += ("AT.P", "RKD.PDIST.EPSILON", "KDSVD.K")
+NON_NEGATIVE += ("FITNET.HINT_LAYER", "RKD.DISTANCE_WEIGHT", "RKD.ANGLE_WEIGHT") + tuple(
+    f"{node}.LOSS.{weight}_WEIGHT"
+    for node in ("FITNET", "AT", "NST", "PKT", "SP", "RKD", "KDSVD")
+    for weight in ("CE", "FEAT")
 )
 
 
