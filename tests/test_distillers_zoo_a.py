@@ -569,3 +569,49 @@ def test_losses_equal_mdistiller(method, monkeypatch):
         _, want = theirs(image=image, target=target, epoch=epoch)
         for key in ("loss_ce", "loss_kd"):
             assert got[key].item() == pytest.approx(want[key].sum().item(), rel=1e-6, abs=1e-12), (key, epoch)
+
+
+# ------------------------------------------------------------------------------ published figures on the leaderboard
+
+
+PUBLISHED_RES32X4_RES8X4 = {"FITNET": 73.50, "AT": 73.44, "SP": 72.94, "RKD": 71.90, "PKT": 73.64, "NST": 73.30}
+
+
+def test_published_rows_for_the_six_methods_are_packaged():
+    from kdharness.results.reference import load_reference
+
+    figures = [f for f in load_reference() if f.method in PUBLISHED_RES32X4_RES8X4]
+    assert len(figures) == 66  # 6 methods x 11 CIFAR-100 pairs
+    assert all(f.dataset == "cifar100" and "CRD paper" in f.source for f in figures)
+    pairs = {(f.teacher, f.student) for f in figures}
+    kd_pairs = {(f.teacher, f.student) for f in load_reference() if f.method == "KD" and f.dataset == "cifar100"}
+    assert pairs == kd_pairs  # the same 11 pairs as the KD baseline, same model names
+
+
+def test_leaderboard_shows_published_columns_for_the_new_methods(tmp_path: Path, capsys):
+    """tools/leaderboard.py over one FITNET run: the six published columns appear, in the CRD
+    paper's order after KD/DKD/CRD, with their figures for resnet32x4 -> resnet8x4."""
+    import importlib.util
+
+    run_dir = tmp_path / "project" / "fitnet,res32x4_res8x4,EXPERIMENT.SEED:0"
+    run_dir.mkdir(parents=True)
+    summary = {
+        "complete": True, "experiment": "fitnet,res32x4_res8x4,EXPERIMENT.SEED:0", "dataset": "cifar100",
+        "distiller": "FITNET", "method": "FITNET", "ickd_base": None, "teacher": "resnet32x4",
+        "student": "resnet8x4", "seed": 0, "epochs": 2, "best_top1": 71.25, "best_epoch": 2,
+        "last_top1": 71.0, "history": [{"epoch": 1}, {"epoch": 2}],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    spec = importlib.util.spec_from_file_location("_zoo_a_leaderboard", REPO / "tools" / "leaderboard.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "FITNET (published)" in line)
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    published = [c.split(" (published)")[0] for c in columns if "(published)" in c]
+    assert published == ["KD", "DKD", "CRD", "FITNET", "AT", "SP", "RKD", "PKT", "NST"]
+    row = next(line for line in out.splitlines() if "resnet8x4" in line and "71.25" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for method, value in PUBLISHED_RES32X4_RES8X4.items():
+        assert cells[columns.index(next(c for c in columns if c.startswith(f"{method} (published)")))] == f"{value:.2f}"

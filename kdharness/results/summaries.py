@@ -61,8 +61,9 @@ _SEED_OVERRIDE = re.compile(r",EXPERIMENT\.SEED:[^,]*")
 # A run that `tools/train.py --start-over` moved aside (kdharness.engine.run_dir.set_aside):
 # an earlier attempt, replaced by the run in the directory without the suffix; never a result.
 _SET_ASIDE_DIR = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")
-# Published-table order: each baseline followed by ICKD added to it.
-_BASE_ORDER = ("", "KD", "DKD", "CRD", "DML")
+# Published-table order: each baseline followed by ICKD added to it; then mdistiller's
+# feature distillers (the CRD paper's table order), so their published columns sit together.
+_BASE_ORDER = ("", "KD", "DKD", "CRD", "DML", "FITNET", "AT", "SP", "VID", "RKD", "PKT", "NST", "KDSVD")
 
 
 class SummaryError(ValueError):
