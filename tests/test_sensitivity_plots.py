@@ -36,7 +36,7 @@ ICKD_DEFAULTS = {"BASE": "KD", "PARADIGM": "offline", "K": 8, "N": 8, "TAU": 0.1
 
 
 def write_run(root: Path, pair: tuple, method: str, seed: int, top1: float, overrides: dict | None = None,
-              epochs: int = 3, project: str = "study") -> None:
+              epochs: int = 3, project: str = "study", diagnostics: dict | None = None) -> None:
     """A summary.json as the trainer writes it, named as tools/train.py names the run directory."""
     teacher, student, ickd_tag, kd_tag = pair
     overrides = overrides or {}
@@ -59,6 +59,8 @@ def write_run(root: Path, pair: tuple, method: str, seed: int, top1: float, over
         "method": method, "seed": seed, "epochs": epochs, "best_top1": top1, "last_top1": top1,
         "history": [{"epoch": e + 1} for e in range(epochs)], "config": yaml.safe_dump(config),
     }
+    if diagnostics:  # what the trainer records for a distiller with diagnostics(): in each epoch's entry
+        summary["history"][-1]["diagnostics"] = diagnostics
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -69,7 +71,8 @@ def study(tmp_path) -> Path:
         write_run(root, PAIR_A, "ICKD+KD", seed, top1)
     for value, tops in ((4, (71.0, 73.0)), (32, (66.0, 68.0)), (1, (69.0,))):
         for seed, top1 in enumerate(tops):
-            write_run(root, PAIR_A, "ICKD+KD", seed, top1, {"ICKD.K": value})
+            logged = {"picd_to_base": 0.2 + 0.2 * seed} if value == 4 else None  # mean 0.3
+            write_run(root, PAIR_A, "ICKD+KD", seed, top1, {"ICKD.K": value}, diagnostics=logged)
     for seed in (0, 1):
         write_run(root, PAIR_A, "ICKD+KD", seed, 74.0, {"ICKD.BETA1": 1.0})
         write_run(root, PAIR_A, "ICKD+KD", seed, 65.0 + seed, {"ICKD.PICD_WEIGHT": 0.25})
@@ -133,10 +136,14 @@ def test_sweeps_group_one_factor_runs_with_centre_and_baseline(study):
     fig2 = _by_key(found, "ICKD.ALL_SAME_CLASS", "resnet8x4")
     assert [(v, c.mean) for v, c in fig2.points] == [(False, 61.0), (True, 64.0)] and fig2.baseline.mean == 58.0
 
+    assert k.diagnostics[4] == pytest.approx({"picd_to_base": 0.3}) and k.diagnostics[8] == {}
+
     table = render_sensitivity_markdown(found)
-    assert "| 4 | 72.00 ± 1.41 (2) | +3.00 |" in table
-    assert "| 8 (config) | 71.00 ± 1.41 (2) | +2.00 |" in table
-    assert "| 1 | 69.00 ± – (1) | +0.00 |" in table
+    assert "| ICKD.K | best top-1 (%) | vs KD | PICD/base |" in table
+    assert "| 4 | 72.00 ± 1.41 (2) | +3.00 | 0.3 |" in table
+    assert "| 8 (config) | 71.00 ± 1.41 (2) | +2.00 | – |" in table
+    assert "| 1 | 69.00 ± – (1) | +0.00 | – |" in table
+    assert "| ICKD.BETA1 | best top-1 (%) | vs KD |\n" in table  # no diagnostics logged: no column
 
 
 def test_sensitivity_figure_draws_means_errors_and_baseline(study, tmp_path):

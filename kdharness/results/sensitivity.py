@@ -78,6 +78,16 @@ BOOKKEEPING_KEYS = (
 # Also ignored when matching a baseline run to a sweep: what differs between methods by design.
 _METHOD_KEYS = ("ICKD.", "DISTILLER.TYPE", "SOLVER.TRAINER")
 
+# Table headers of the diagnostics ICKD logs (docs/method.md, "Diagnostics"); any other name
+# a distiller logs is shown under its own name after these.
+DIAGNOSTIC_COLUMNS = {
+    "picd_to_base": "PICD/base",
+    "nicd_to_base": "NICD/base",
+    "nicd_inside_margin": "NICD pairs in margin",
+    "pos_sim": "pos. sim.",
+    "neg_sim": "neg. sim.",
+}
+
 _OVERRIDE = re.compile(r"^([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)+):(.*)$")
 _SEED_KEY = "EXPERIMENT.SEED"
 
@@ -123,6 +133,7 @@ class SweepRun:
     tag: str
     overrides: Mapping[str, str]
     config: Mapping[str, Any]
+    diagnostics: Mapping[str, float] = field(default_factory=dict)  # the last epoch's, if the distiller logs any
 
     @property
     def is_ickd(self) -> bool:
@@ -136,16 +147,27 @@ def load_sweep_runs(paths: Iterable[str]) -> tuple[list[SweepRun], list[str]]:
     for summary in summaries:
         try:
             with open(summary.path, encoding="utf-8") as handle:
-                text = json.load(handle).get("config")
+                data = json.load(handle)
+            text = data.get("config")
             config = yaml.safe_load(text) if isinstance(text, str) else None
-        except (OSError, ValueError, yaml.YAMLError) as error:
-            config, text = None, f"unreadable: {error}"
+        except (OSError, ValueError, yaml.YAMLError):
+            data, config = {}, None
         if not isinstance(config, Mapping):
             warnings.append(f"skipped {summary.path} for sweeps: no readable 'config' (the YAML dump of the run's config)")
             continue
         tag, overrides = parse_experiment(summary.experiment)
-        runs.append(SweepRun(summary, tag, overrides, flatten_config(config)))
+        runs.append(SweepRun(summary, tag, overrides, flatten_config(config), _last_diagnostics(data.get("history"))))
     return runs, warnings
+
+
+def _last_diagnostics(history: Any) -> dict[str, float]:
+    """The ``"diagnostics"`` of the last history entry (kdharness.engine.diagnostics), {} if none."""
+    if not isinstance(history, list) or not history or not isinstance(history[-1], Mapping):
+        return {}
+    found = history[-1].get("diagnostics")
+    if not isinstance(found, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in found.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 @dataclass
@@ -153,7 +175,8 @@ class Sweep:
     """Top-1 of one config's runs against the values of one swept key, with its baseline.
 
     `points` is sorted by value; `centre` is the config's own value (None when the config's
-    runs are missing). `baseline` holds the runs of the method ICKD is added to.
+    runs are missing). `baseline` holds the runs of the method ICKD is added to. `diagnostics`
+    maps a value to the mean over its runs of their last epoch's diagnostics.
     """
 
     dataset: str
@@ -167,6 +190,7 @@ class Sweep:
     baseline_name: str
     baseline: Cell | None = None
     warnings: list[str] = field(default_factory=list)
+    diagnostics: dict[Any, dict[str, float]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -283,9 +307,18 @@ def sweeps(
             warnings.extend(sweep_warnings)
             out.append(Sweep(
                 dataset, teacher, student, tag, first.summary.method, key, points, centre_value,
-                name, base_cell, sweep_warnings,
+                name, base_cell, sweep_warnings, {value: _mean_diagnostics(by_value[value]) for value, _ in points},
             ))
     return out, warnings
+
+
+def _mean_diagnostics(runs: Sequence[SweepRun]) -> dict[str, float]:
+    """Per name, the mean over the runs that logged it."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for name, value in run.diagnostics.items():
+            values[name].append(value)
+    return {name: sum(v) / len(v) for name, v in values.items()}
 
 
 def value_order(item: tuple[Any, Any]) -> tuple[int, Any]:
@@ -306,18 +339,24 @@ def format_value(value: Any) -> str:
 
 
 def render_sensitivity_markdown(found: Sequence[Sweep], metric: Metric = "best") -> str:
-    """One table per sweep: value, top-1 mean ± std (n), difference to the baseline's mean."""
+    """One table per sweep: value, top-1 mean ± std (n), difference to the baseline's mean, and
+    the runs' last-epoch diagnostics (mean over seeds) when they logged any."""
     from kdharness.results.table import format_cell
 
     parts = []
     for sweep in found:
         base = sweep.baseline
+        names = [name for name in DIAGNOSTIC_COLUMNS if any(name in d for d in sweep.diagnostics.values())]
+        names += sorted({name for d in sweep.diagnostics.values() for name in d} - set(names))
         title = f"### {sweep.dataset} {sweep.teacher} → {sweep.student}, {sweep.method} ({sweep.tag}): {sweep.key}"
-        lines = [title, "", f"| {sweep.key} | {metric} top-1 (%) | vs {sweep.baseline_name} |", "|--:|--:|--:|"]
+        header = [sweep.key, f"{metric} top-1 (%)", f"vs {sweep.baseline_name}"] + [DIAGNOSTIC_COLUMNS.get(n, n) for n in names]
+        lines = [title, "", "| " + " | ".join(header) + " |", "|" + "--:|" * len(header)]
         for value, cell in sweep.points:
             marker = " (config)" if value == sweep.centre and type(value) is type(sweep.centre) else ""
             delta = f"{cell.mean - base.mean:+.2f}" if base is not None else "–"
-            lines.append(f"| {format_value(value)}{marker} | {format_cell(cell)} | {delta} |")
+            diag = sweep.diagnostics.get(value, {})
+            extra = "".join(f" {diag[n]:.3g} |" if n in diag else " – |" for n in names)
+            lines.append(f"| {format_value(value)}{marker} | {format_cell(cell)} | {delta} |{extra}")
         base_text = format_cell(base, "no runs")
         lines += ["", f"{sweep.baseline_name}: {base_text}", ""]
         parts.append("\n".join(lines))
