@@ -131,6 +131,7 @@ def test_sweeps_group_one_factor_runs_with_centre_and_baseline(study):
     assert any("ICKD.TAU" in n and "exactly one" in n for n in notes)
     assert any("SOLVER.EPOCHS 5 vs 3" in n for n in notes)
     assert any("single seed at 1" in n for n in notes)
+    assert any(n.startswith("ICKD.BETA1: 2 values") for n in notes) and not any(n.startswith("ICKD.K: 4 values") for n in notes)
     beta1 = _by_key(found, "ICKD.BETA1")
     assert [(v, c.mean, c.std) for v, c in beta1.points] == [(0.5, 71.0, pytest.approx(math.sqrt(2))), (1.0, 74.0, 0.0)]
     fig2 = _by_key(found, "ICKD.ALL_SAME_CLASS", "resnet8x4")

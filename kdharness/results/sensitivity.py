@@ -66,6 +66,7 @@ FIGURES: dict[str, tuple[Param, ...]] = {
     ),
 }
 ICKD_ALL = Param("ICKD.ALL_SAME_CLASS", "IC-KD-all")
+MIN_VALUES = 4  # values per panel in the paper's Figs. 4 and 5; fewer is reported
 
 # Config keys that say where or how fast a run happened, not what it trained: not compared
 # between a run and its centre. Covers kdharness.engine.build.NON_NAMING_KEYS (tested).
@@ -304,6 +305,8 @@ def sweeps(
             thin = [f"{value}" for value, cell in points if cell.n < 2]
             if thin:
                 sweep_warnings.append(f"{key}: a single seed at {', '.join(thin)} (no error bar)")
+            if key != ICKD_ALL.key and len(points) < MIN_VALUES:
+                sweep_warnings.append(f"{key}: {len(points)} values; the paper's sensitivity panels have at least {MIN_VALUES}")
             warnings.extend(sweep_warnings)
             out.append(Sweep(
                 dataset, teacher, student, tag, first.summary.method, key, points, centre_value,
