@@ -529,8 +529,17 @@ class BaseTrainer:
 register_trainer("crd")(BaseTrainer)
 
 
+# Trainers that change the update rule, not the losses: their runs are a column of their own.
+TRAINER_METHOD_SUFFIX = {"dot": "+DOT", "crd_dot": "+DOT"}
+
+
 def method_name(cfg) -> str:
-    """The leaderboard column of a run: "KD", "DKD", "ICKD+DKD", "ICKD(online)+KD", ..."""
+    """The leaderboard column of a run: "KD", "DKD", "ICKD+DKD", "ICKD(online)+KD", "KD+DOT", ..."""
+    return _loss_method_name(cfg) + TRAINER_METHOD_SUFFIX.get(cfg.SOLVER.TRAINER, "")
+
+
+def _loss_method_name(cfg) -> str:
+    """`method_name` without the trainer's suffix: what the distiller's losses are."""
     if cfg.DISTILLER.TYPE != "ICKD" or "ICKD" not in cfg:
         return "vanilla" if cfg.DISTILLER.TYPE == "NONE" else cfg.DISTILLER.TYPE
     paradigm = cfg.ICKD.PARADIGM
