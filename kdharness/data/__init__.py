@@ -1,9 +1,9 @@
 """Datasets, transforms and loaders.
 
 Importing this package registers the built-in datasets (``cifar100``, ``imagenet``,
-``fashion_mnist``) in ``kdharness.registry.dataset_dict``.
+``fashion_mnist``, ``tiny_imagenet``) in ``kdharness.registry.dataset_dict``.
 """
-from kdharness.data import cifar100, fashion_mnist, imagenet  # noqa: F401  (registration)
+from kdharness.data import cifar100, fashion_mnist, imagenet, tiny_imagenet  # noqa: F401  (registration)
 from kdharness.data.indexed import IndexedDataset
 from kdharness.data.loaders import build_datasets, build_loaders, uses_crd
 from kdharness.data.sampler import EpochSampler

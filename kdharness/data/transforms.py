@@ -1,7 +1,7 @@
 """mdistiller's augmentation per dataset, plus Fashion-MNIST's (which mdistiller lacks).
 
-The CIFAR-100 and ImageNet pipelines and constants are copied from mdistiller
-(``mdistiller/dataset/cifar100.py``, ``mdistiller/dataset/imagenet.py``) so that published
+The CIFAR-100, ImageNet and Tiny-ImageNet pipelines and constants are copied from mdistiller
+(``mdistiller/dataset/{cifar100,imagenet,tiny_imagenet}.py``) so that published
 numbers stay comparable. All randomness comes from torch's global RNG, which
 `IndexedDataset` seeds per sample.
 """
@@ -18,6 +18,10 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# mdistiller/dataset/tiny_imagenet.py's constants.
+TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
+TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
 
 # Computed once from the real training set (/usr/share/datasets/fashion-mnist,
 # train-images-idx3-ubyte.gz, 60000 images, pixels / 255, float64) *after* the 2-pixel
@@ -48,6 +52,13 @@ def _imagenet(train: bool) -> Callable:
     return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize])
 
 
+def _tiny_imagenet(train: bool) -> Callable:
+    normalize = T.Normalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
+    if train:
+        return T.Compose([T.RandomRotation(20), T.RandomHorizontalFlip(0.5), T.ToTensor(), normalize])
+    return T.Compose([T.ToTensor(), normalize])
+
+
 def build_transform(dataset_type: str, train: bool) -> Callable:
     """The PIL -> normalized tensor pipeline for ``DATASET.TYPE`` (train: augmented)."""
     if dataset_type == "cifar100":
@@ -56,7 +67,9 @@ def build_transform(dataset_type: str, train: bool) -> Callable:
         return _cifar_style(FASHION_MNIST_MEAN, FASHION_MNIST_STD, train)
     if dataset_type == "imagenet":
         return _imagenet(train)
+    if dataset_type == "tiny_imagenet":
+        return _tiny_imagenet(train)
     raise ConfigError(
-        f"DATASET.TYPE = {dataset_type!r} has no transform; known: cifar100, fashion_mnist, imagenet "
+        f"DATASET.TYPE = {dataset_type!r} has no transform; known: cifar100, fashion_mnist, imagenet, tiny_imagenet "
         "(a plugin dataset must pass its own transform to IndexedDataset)"
     )

@@ -12,10 +12,12 @@ import torch.nn as nn
 from kdharness.config import ConfigError
 
 # Importing the families is what registers them in timm.
-from kdharness.models import cifar, imagenet  # noqa: F401  (registration side effect)
+from kdharness.models import cifar, imagenet, tiny_imagenet  # noqa: F401  (registration side effect)
 from kdharness.models.weights import load_teacher_weights, load_weights, resolve_teacher_path
 
-MODEL_PREFIX = {"cifar100": "cifar_", "fashion_mnist": "cifar_", "imagenet": "imagenet_"}
+MODEL_PREFIX = {
+    "cifar100": "cifar_", "fashion_mnist": "cifar_", "imagenet": "imagenet_", "tiny_imagenet": "tiny_imagenet_",
+}
 
 __all__ = [
     "MODEL_PREFIX",
