@@ -294,3 +294,30 @@ def test_same_losses_and_keys_as_mdistiller(mdistiller, name: str, teacher_name:
         # Same running statistics afterwards (OFD's teacher runs in training mode in both).
         for (k, a), b in zip(md.state_dict().items(), ours.state_dict().values()):
             assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), k
+
+
+# ------------------------------------------------------------------------------- configs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MY_CONFIGS = sorted(
+    os.path.relpath(os.path.join(folder, name), REPO)
+    for sub in ("cifar100/ofd", "cifar100/vid", "cifar100/reviewkd", "cifar100/dot", "imagenet/at",
+                "imagenet/ofd", "imagenet/reviewkd", "imagenet/dot", "tiny_imagenet/dot")
+    for folder in [os.path.join(REPO, "configs", sub)]
+    for name in os.listdir(folder)
+)
+
+
+@pytest.mark.parametrize("path", MY_CONFIGS)
+def test_configs_load_and_dot_pairs_have_published_figures(path: str):
+    from kdharness.compose import load_config
+    from kdharness.engine.trainer import method_name
+    from kdharness.results.reference import load_reference, reference_by_pair
+
+    cfg = load_config(os.path.join(REPO, path))
+    assert cfg.DISTILLER.TYPE in path.upper().replace("/DOT/", "/KD/") or cfg.SOLVER.TRAINER == "dot"
+    published = reference_by_pair(load_reference()).get((cfg.DATASET.TYPE, cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT), {})
+    if cfg.SOLVER.TRAINER == "dot":
+        assert method_name(cfg) == "KD+DOT" and "KD+DOT" in published
+    if cfg.DISTILLER.TYPE == "VID":
+        assert "VID" in published
