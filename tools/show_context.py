@@ -19,13 +19,9 @@ import os
 import sys
 from types import SimpleNamespace
 
+from kdharness.compose import load_config
 from kdharness.config import ConfigError
 from kdharness.engine.checkpoint import CheckpointError
-
-try:  # the host's top floor; kdharness.config held load_config before kdharness.compose existed
-    from kdharness.compose import load_config
-except ImportError:  # pragma: no cover - older trees
-    from kdharness.config import load_config
 
 CKPT_FLAG = "--ckpt"
 
