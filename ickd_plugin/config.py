@@ -50,6 +50,7 @@ def get_ickd_defaults() -> CN:
     node.BANK.CHUNK_SIZE = 0  # bank rows per similarity matmul (0 = automatic)
     node.BANK.CACHE_DIR = "./output/ickd_bank_cache"
     node.BANK.USE_CACHE = True  # offline only: reuse a bank built earlier with the same teacher
+    node.BANK.SHARDED = False  # under torch.distributed, rank r holds only its 1/world of the rows (docs/method.md)
     return node
 
 
@@ -78,6 +79,7 @@ class ICKDOptions:
     bank_chunk_size: int
     cache_dir: str
     use_cache: bool
+    bank_sharded: bool = False
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -127,6 +129,9 @@ def parse_ickd_config(node: CN, registry: Mapping[str, Any] | None = None) -> IC
         _fail("BANK.MOMENTUM", node.BANK.MOMENTUM, "expected a number in [0, 1) (1 would never refresh the bank)")
     if node.BANK.BATCH_SIZE < 1:
         _fail("BANK.BATCH_SIZE", node.BANK.BATCH_SIZE, "expected an integer >= 1")
+    if node.BANK.SHARDED and node.ALL_SAME_CLASS:
+        _fail("BANK.SHARDED", node.BANK.SHARDED, "not supported with ICKD.ALL_SAME_CLASS True (IC-KD-all weighs every "
+              "same-class row); set ICKD.BANK.SHARDED False or ICKD.ALL_SAME_CLASS False")
     if node.BANK.CHUNK_SIZE < 0:
         _fail("BANK.CHUNK_SIZE", node.BANK.CHUNK_SIZE, "expected an integer >= 0 (0 = automatic)")
     return ICKDOptions(
@@ -151,4 +156,5 @@ def parse_ickd_config(node: CN, registry: Mapping[str, Any] | None = None) -> IC
         bank_chunk_size=int(node.BANK.CHUNK_SIZE),
         cache_dir=str(node.BANK.CACHE_DIR),
         use_cache=bool(node.BANK.USE_CACHE),
+        bank_sharded=bool(node.BANK.SHARDED),
     )

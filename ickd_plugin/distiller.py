@@ -46,6 +46,8 @@ from ickd_plugin.memory_bank import (
     save_bank_cache,
 )
 from ickd_plugin.retrieval import retrieve
+from ickd_plugin.sharded_bank import ShardedMemoryBank, checkpoint_dir_for
+from ickd_plugin.sharded_retrieval import sharded_retrieve
 
 # Where make_ickd_trainer leaves the batch's dataset indices and the epoch for trainers that do
 # not pass them (mdistiller's BaseTrainer drops the index, its CRDTrainer the epoch).
@@ -176,7 +178,8 @@ class ICKD(DistillerBase):
         self.base = build_base_distiller(registry[opts.base], student, teacher, cfg, num_data)
         _share_without_owning(self.base, "student", student)
         _share_without_owning(self.base, "teacher", teacher)
-        self.bank = MemoryBank(opts.bank_dtype, persistent=opts.paradigm != "offline")
+        bank_class = ShardedMemoryBank if opts.bank_sharded else MemoryBank
+        self.bank = bank_class(opts.bank_dtype, persistent=opts.paradigm != "offline")
         self._pending_refresh: tuple[torch.Tensor, torch.Tensor] | None = None
         self._context_stats: torch.Tensor | None = None  # set by in_context_losses
         self._last_diagnostics: torch.Tensor | None = None  # ickd_plugin.diagnostics, last step
@@ -271,6 +274,14 @@ class ICKD(DistillerBase):
             origin = "already built for this teacher and data" if offline else "restored from the checkpoint"
             report(f"memory bank: reused, {origin}: {describe_bank(self.bank.features)}")
             return
+        if isinstance(self.bank, ShardedMemoryBank):  # each rank fills (or reads) its own rows only
+            self.bank.checkpoint_dir = checkpoint_dir_for(trainer)
+            self.bank.build(
+                model, classifier, view, self.opts.bank_batch_size, int(getattr(trainer.train_loader, "num_workers", 0)),
+                device, key=key, cache_dir=self.opts.cache_dir if offline and self.opts.use_cache else None,
+            )
+            self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
+            return
         path = cache_path(self.opts.cache_dir, key) if offline and self.opts.use_cache else None
         started = time.perf_counter()
         cached = load_bank_cache(path, key) if path else None
@@ -308,6 +319,9 @@ class ICKD(DistillerBase):
             return
         index, features = self._pending_refresh
         self._pending_refresh = None
+        if isinstance(self.bank, ShardedMemoryBank):  # its retrieval gathered the global batch already
+            self.bank.refresh_last_batch(self.opts.bank_momentum)
+            return
         index = all_gather_rows(index.to(features.device).long())
         features = all_gather_rows(features)
         self.bank.refresh(self.bank.rows_for(index), features, self.opts.bank_momentum)
@@ -404,22 +418,28 @@ class ICKD(DistillerBase):
         # Retrieval and the in-context logits are constants of the step: no graph, and full
         # precision even under autocast, so that the ranking does not depend on AMP.
         with torch.no_grad(), torch.autocast(device_type=logits_student.device.type, enabled=False):
-            found = retrieve(
-                query.to(device),
-                target.to(device, non_blocking=True).long(),
-                bank.rows_for(index),
-                bank.features,
-                bank.inv_norms,
-                bank.class_rows,
-                opts.k,
-                opts.n,
-                all_same_class=opts.all_same_class,
-                chunk_size=opts.bank_chunk_size,
-            )
+            if isinstance(bank, ShardedMemoryBank):  # candidates per shard, merged; the rows sent by their owners
+                found, positives, negatives = sharded_retrieve(
+                    bank, query.to(device), target, index, opts.k, opts.n, chunk_size=opts.bank_chunk_size
+                )
+            else:
+                found = retrieve(
+                    query.to(device),
+                    target.to(device, non_blocking=True).long(),
+                    bank.rows_for(index),
+                    bank.features,
+                    bank.inv_norms,
+                    bank.class_rows,
+                    opts.k,
+                    opts.n,
+                    all_same_class=opts.all_same_class,
+                    chunk_size=opts.bank_chunk_size,
+                )
+                positives, negatives = bank.features[found.pos_rows], bank.features[found.neg_rows]
             weight, bias = classifier.weight.detach(), None if classifier.bias is None else classifier.bias.detach()
             out = logits_student.device
-            positives = bank.features[found.pos_rows].to(out, weight.dtype)
-            negatives = bank.features[found.neg_rows].to(out, weight.dtype)
+            positives = positives.to(out, weight.dtype)
+            negatives = negatives.to(out, weight.dtype)
             weights = context_weights(found.pos_sim.to(out), opts.tau)
             context_logits = aggregate_context_logits(weights, positives, weight, bias)
             negative_logits = F.linear(negatives, weight, bias)
@@ -442,6 +462,12 @@ class ICKDHooks:
 
     def after_step(self, trainer: Any, step: int | None = None, losses: Any = None) -> None:
         self.distiller.refresh_bank()
+
+    def before_checkpoint(self, trainer: Any, step: int) -> None:
+        """Every rank, before rank 0 writes a checkpoint: a sharded online bank writes its rows."""
+        bank = self.distiller.bank
+        if isinstance(bank, ShardedMemoryBank) and self.distiller.opts.paradigm != "offline":
+            bank.save_for_checkpoint(step)
 
 
 def ickd_distiller_class(distiller_dict: Mapping[str, Any]) -> type[ICKD]:

@@ -3,8 +3,10 @@
 Same constructor and `train(resume=False)` as mdistiller, so its trainer variants and
 plugins that subclass it keep working. What it adds:
 
-- hook points (`before_train`, `after_step`, `after_epoch`) that a distiller offers through
-  `trainer_hooks()`; ICKD builds and refreshes its memory bank there;
+- hook points (`before_train`, `after_step`, `before_checkpoint`, `after_epoch`) that a
+  distiller offers through `trainer_hooks()`; ICKD builds and refreshes its memory bank
+  there (`before_checkpoint(trainer, global_step)` runs on every rank before rank 0 writes
+  a full checkpoint: a sharded bank writes its rows then);
 - exact resume: checkpoints carry the step within the epoch, the meters, the RNG states and
   every registered buffer, and the data order is a pure function of (seed, epoch);
 - safety: atomic checkpoints with checksums, fallback to the newest intact one, a lock on
@@ -337,6 +339,7 @@ class BaseTrainer:
             if stop or (self.cfg.LOG.SAVE_STEP_FREQ and step % self.cfg.LOG.SAVE_STEP_FREQ == 0 and step < num_iter):
                 self.wall_time += time.time() - epoch_start
                 epoch_start = time.time()
+                self._call_hooks("before_checkpoint", self.global_step)
                 if self.is_main:
                     self._save_latest(self._state(epoch, step))
                 if stop:
@@ -466,6 +469,7 @@ class BaseTrainer:
         if improved:
             self.best_acc, self.best_epoch = test_acc, epoch
         self.history.append({"epoch": epoch, "lr": lr, **metrics, **self.diagnostics.history_entry()})
+        self._call_hooks("before_checkpoint", self.global_step)
         if self.is_main:
             self.diagnostics.write_epoch(self.tf_writer, epoch)  # before _log_epoch, which flushes
             self._log_epoch(epoch, lr, metrics)

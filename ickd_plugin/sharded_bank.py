@@ -1,0 +1,445 @@
+"""A memory bank sharded across the ranks of a torch.distributed run (``ICKD.BANK.SHARDED``).
+
+A replicated bank costs every rank the whole ``[R, D]`` table (5.3 GB for ImageNet in
+float16, 57 GB for 14M rows) and the whole filling pass. Sharded, rank ``r`` of ``W`` holds
+only the contiguous rows ``shard_bounds(R, r, W)`` of the bank a single process would
+build (rows in dataset-index order): their features, ``1/|h|``, labels, dataset indices and
+a class table of those rows; the global class sizes (``[C]``) are the only global state.
+
+* Building: each rank runs the no-grad pass over its own rows and keeps them; nothing is
+  broadcast.
+* Retrieval: `ickd_plugin.sharded_retrieval` (per-shard candidates, exact merge).
+* Refresh (online, teacher-free): a rank writes only the rows it owns; the global batch it
+  needs was already gathered for retrieval, so a refresh communicates nothing.
+* Offline cache: one file per shard, ``bank_<key>.shard<r>of<W>.pt``; a run with the same
+  world size reads its own file only, another world size reads the overlapping parts of
+  the files it finds (memory-mapped, so only those rows are copied).
+* Checkpoints (online, teacher-free): the host's checkpoint is written by rank 0 alone, so
+  it cannot hold the other ranks' rows. Before each checkpoint every rank writes its rows
+  to ``<run dir>/ickd_bank_shards/step<global step>/`` (same file format as the cache) and
+  the checkpoint records that step; loading the checkpoint reads them back (re-sliced for
+  another world size).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import shutil
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ickd_plugin.features import ClassifierTap
+from ickd_plugin.memory_bank import (
+    MemoryBank,
+    _IndexedView,
+    _inverse_norms,
+    _update_with_tensor,
+    class_row_table,
+    dist_world,
+    shard_bounds,
+)
+
+SHARD_FORMAT = "ickd-bank-shard-v1"
+CHECKPOINT_SUBDIR = "ickd_bank_shards"
+# Checkpoint shard sets kept on disk: those of the newest two checkpoints ("latest", "latest.prev").
+CHECKPOINT_SETS_KEPT = 2
+
+
+def communication_device() -> torch.device:
+    """Where collectives run: the current GPU under NCCL, the CPU otherwise (gloo)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_reduce(tensor: torch.Tensor, op: Any) -> torch.Tensor:
+    """In-place all-reduce on the communication device; identity without distributed."""
+    if dist_world()[1] == 1:
+        return tensor
+    staged = tensor.to(communication_device())
+    dist.all_reduce(staged, op=op)
+    tensor.copy_(staged)
+    return tensor
+
+
+class ShardedMemoryBank(nn.Module):
+    """This rank's rows of the bank: ``features [R_r, D]``, ``inv_norms``, ``labels``, ``indices``
+    (dataset index of each row, ascending), ``class_rows [C, M_r]`` (local rows per class) and
+    the global ``class_counts [C]``.
+
+    ``num_rows`` is the whole bank's row count; ``start``/``stop`` are this rank's global rows.
+    """
+
+    sharded = True
+
+    def __init__(self, dtype: torch.dtype = torch.float32, persistent: bool = False) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.key: str | None = None
+        self.total_rows = 0
+        self.start = self.stop = 0
+        self.world = 1
+        self.checkpoint_dir: str | None = None  # where the online bank's rows go at each checkpoint
+        self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # global (index, query)
+        self.loaded_from = "none"  # "build", "cache" or "checkpoint": how the rows were last set
+        for name, dtype_ in (("inv_norms", torch.float32), ("labels", torch.long), ("indices", torch.long),
+                             ("class_counts", torch.long)):
+            self.register_buffer(name, torch.empty(0, dtype=dtype_), persistent=False)
+        self.register_buffer("features", torch.empty(0, 0, dtype=dtype), persistent=False)
+        self.register_buffer("class_rows", torch.empty(0, 0, dtype=torch.long), persistent=False)
+        # The only bank state in a checkpoint: the global step whose shard files hold the rows.
+        self.register_buffer("checkpoint_step", torch.tensor(-1), persistent=persistent)
+
+    @property
+    def is_built(self) -> bool:
+        return self.total_rows > 0
+
+    @property
+    def num_rows(self) -> int:
+        return self.total_rows
+
+    def class_sizes(self) -> list[int]:
+        return self.class_counts.tolist()
+
+    def check_capacity(self, k: int, n: int, all_same_class: bool) -> None:
+        """The replicated bank's rule, on the global class sizes."""
+        MemoryBank.check_capacity(self, k, n, all_same_class)  # type: ignore[arg-type]  # reads class_sizes, num_rows
+
+    def local_bytes(self) -> int:
+        """Bytes this rank holds for the bank (features, norms, labels, indices, class table)."""
+        return sum(t.numel() * t.element_size() for t in self._buffers.values() if t is not None)
+
+    # ------------------------------------------------------------------ filling
+
+    def fill_shard(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor,
+        num_classes: int,
+        total_rows: int,
+        device: torch.device | str,
+        key: str | None = None,
+    ) -> None:
+        """Set this rank's rows ``shard_bounds(total_rows, rank, world)`` (ascending dataset indices).
+
+        Collective: the ranks agree on the class count and sum their class sizes, and check that
+        the shards follow each other in dataset-index order (rank r's indices below rank r+1's).
+        """
+        rank, world = dist_world()
+        start, stop = shard_bounds(total_rows, rank, world)
+        if features.shape[0] != stop - start:
+            raise ValueError(
+                f"ICKD.BANK.SHARDED: rank {rank} of {world} holds bank rows [{start}, {stop}) of {total_rows}, "
+                f"but got {features.shape[0]} rows"
+            )
+        indices = indices.to(device=device, dtype=torch.long)
+        labels = labels.to(device=device, dtype=torch.long)
+        self._check_order(indices, rank, world)
+        classes = torch.tensor([max(int(num_classes), int(labels.max()) + 1 if labels.numel() else 0)])
+        num_classes = int(_all_reduce(classes, dist.ReduceOp.MAX).item())
+        counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        self.features = features.to(device=device, dtype=self.dtype)
+        self.inv_norms = _inverse_norms(self.features)
+        self.labels = labels
+        self.indices = indices
+        self.class_rows = class_row_table(labels, num_classes)
+        self.class_counts = _all_reduce(counts, dist.ReduceOp.SUM).to(device)
+        self.total_rows, self.start, self.stop, self.world = int(total_rows), start, stop, world
+        self.key = key
+
+    @staticmethod
+    def _check_order(indices: torch.Tensor, rank: int, world: int) -> None:
+        if indices.numel() > 1 and not bool((indices[1:] > indices[:-1]).all()):
+            raise ValueError(
+                "ICKD.BANK.SHARDED needs each rank's rows in ascending dataset-index order, as the "
+                "training set's positions (IndexedDataset's index is its position); this rank's are not"
+            )
+        ends = torch.tensor([[int(indices[0]), int(indices[-1])] if indices.numel() else [-1, -1]])
+        if world > 1:
+            parts = [torch.empty_like(ends) for _ in range(world)]
+            staged = ends.to(communication_device())
+            gathered = [p.to(staged.device) for p in parts]
+            dist.all_gather(gathered, staged)
+            ends = torch.cat([g.cpu() for g in gathered])
+        last = -1
+        for first, final in ends.tolist():
+            if first < 0:
+                continue
+            if first <= last:
+                raise ValueError(
+                    "ICKD.BANK.SHARDED: the ranks' shards of the training set do not follow each other in "
+                    f"dataset-index order (a shard starts at index {first} after one that ended at {last}); "
+                    "the sharded bank needs dataset indices that increase with position"
+                )
+            last = final
+
+    @torch.no_grad()
+    def build(
+        self,
+        model: nn.Module,
+        classifier: nn.Linear,
+        dataset: Any,
+        batch_size: int,
+        num_workers: int,
+        device: torch.device,
+        key: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        """Fill this rank's rows: from the shard cache in ``cache_dir`` if every rank finds a
+        valid one for ``key``, else by one pass over this rank's part of ``dataset`` (and write
+        this rank's cache file)."""
+        rank, world = dist_world()
+        total = len(dataset)
+        start, stop = shard_bounds(total, rank, world)
+        cached = load_shard_rows(cache_dir, key, total, start, stop) if cache_dir and key else None
+        if world > 1 and cache_dir and key:  # every rank must take the same branch (filling is collective)
+            found = _all_reduce(torch.tensor([int(cached is not None)]), dist.ReduceOp.MIN)
+            cached = cached if int(found.item()) else None
+        if cached is not None:
+            features, labels, indices = cached
+            self.loaded_from = "cache"
+        else:
+            with torch.random.fork_rng(devices=[]):  # the pass must not consume the global RNG
+                features, labels, indices = extract_shard(
+                    model, classifier, dataset, start, stop, batch_size, num_workers, self.dtype, device
+                )
+            self.loaded_from = "build"
+        self.fill_shard(features, labels, indices, classifier.out_features, total, device, key=key)
+        if cached is None and cache_dir and key:
+            save_shard_rows(shard_path(cache_dir, key, rank, world), key, total, start, stop,
+                            self.features, self.labels, self.indices)
+            if world > 1:
+                dist.barrier()  # the set is complete before any rank looks for it again
+
+    # ------------------------------------------------------------------ rows
+
+    def local_rows_for(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's row of each dataset index, -1 where another rank (or no rank) holds it."""
+        index = index.to(self.indices.device).long()
+        if self.indices.numel() == 0:
+            return torch.full_like(index, -1)
+        position = torch.searchsorted(self.indices, index.contiguous()).clamp_(max=self.indices.numel() - 1)
+        return torch.where(self.indices[position] == index, position, torch.full_like(position, -1))
+
+    def remember_batch(self, index: torch.Tensor, queries: torch.Tensor) -> None:
+        """Keep the step's global (index, query), gathered for retrieval, for the refresh after the step."""
+        self._last_batch = (index, queries)
+
+    @torch.no_grad()
+    def refresh_last_batch(self, momentum: float) -> None:
+        """``h <- m h + (1 - m) h_new`` for the rows of the last retrieved global batch that this rank holds."""
+        if self._last_batch is None:
+            return
+        index, queries = self._last_batch
+        self._last_batch = None
+        rows = self.local_rows_for(index)
+        owned = rows >= 0
+        rows, new = rows[owned], queries.to(self.features.device)[owned]
+        if rows.numel() == 0:
+            return
+        updated = (momentum * self.features[rows].float() + (1.0 - momentum) * new.float()).to(self.dtype)
+        self.features[rows] = updated
+        self.inv_norms[rows] = _inverse_norms(updated)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_for_checkpoint(self, step: int) -> None:
+        """Write this rank's rows for the checkpoint of global step ``step`` (collective: ends
+        with a barrier, so the rows are on disk before rank 0 writes the checkpoint)."""
+        if self.checkpoint_dir is None:
+            raise RuntimeError("ICKD.BANK.SHARDED: the bank has no checkpoint directory (build it first)")
+        rank, world = dist_world()
+        directory = os.path.join(self.checkpoint_dir, f"step{step}")
+        save_shard_rows(shard_path(directory, _step_key(step), rank, world), _step_key(step), self.total_rows,
+                        self.start, self.stop, self.features, self.labels, self.indices)
+        self.checkpoint_step.fill_(step)
+        if world > 1:
+            dist.barrier()
+        # Rank 0 drops the shard sets of older checkpoints (after the barrier: no rank writes
+        # them any more); the newest CHECKPOINT_SETS_KEPT remain.
+        if rank == 0:
+            names = (re.fullmatch(r"step(\d+)", name) for name in os.listdir(self.checkpoint_dir))
+            for old in sorted(int(m.group(1)) for m in names if m)[:-CHECKPOINT_SETS_KEPT]:
+                shutil.rmtree(os.path.join(self.checkpoint_dir, f"step{old}"), ignore_errors=True)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        step = int(self.checkpoint_step.item())
+        if prefix + "checkpoint_step" not in state_dict or step < 0:
+            return
+        if self.checkpoint_dir is None or not self.is_built:
+            raise RuntimeError(
+                "ICKD.BANK.SHARDED: a checkpoint's bank rows are read from the run directory; build the "
+                "bank (the trainer's before_train hook) before loading the checkpoint"
+            )
+        directory = os.path.join(self.checkpoint_dir, f"step{step}")
+        rows = load_shard_rows(directory, _step_key(step), self.total_rows, self.start, self.stop, warn=False)
+        if rows is None:
+            raise RuntimeError(
+                f"ICKD.BANK.SHARDED: the checkpoint's bank rows (global step {step}) are missing or corrupt "
+                f"in {directory!r}; only the newest {CHECKPOINT_SETS_KEPT} checkpoints keep theirs"
+            )
+        features, labels, indices = rows
+        if not torch.equal(indices.to(self.indices.device), self.indices):
+            raise RuntimeError(f"ICKD.BANK.SHARDED: the bank rows in {directory!r} belong to another training set")
+        device = self.features.device
+        self.features = features.to(device=device, dtype=self.dtype)
+        self.inv_norms = _inverse_norms(self.features)
+        self.labels = labels.to(device)
+        self.loaded_from = "checkpoint"
+
+
+def checkpoint_dir_for(trainer: Any) -> str | None:
+    """``<run dir>/ickd_bank_shards`` of a trainer with a ``log_path`` (kdharness', mdistiller's), else None."""
+    log_path = getattr(trainer, "log_path", None)
+    return os.path.join(log_path, CHECKPOINT_SUBDIR) if log_path else None
+
+
+def _step_key(step: int) -> str:
+    return f"checkpoint-step{step}".ljust(32, "-")
+
+
+# ----------------------------------------------------------------------------- the filling pass
+
+
+@torch.no_grad()
+def extract_shard(
+    model: nn.Module,
+    classifier: nn.Linear,
+    dataset: Any,
+    start: int,
+    stop: int,
+    batch_size: int,
+    num_workers: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One no-grad eval-mode pass over positions ``[start, stop)``: (features, labels, dataset indices),
+    written batch by batch into preallocated tensors of ``dtype`` on ``device``."""
+    model_device = next(model.parameters()).device
+    loader = DataLoader(_IndexedView(dataset, range(start, stop)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=model_device.type == "cuda")
+    features = torch.empty(stop - start, classifier.in_features, dtype=dtype, device=device)
+    labels = torch.empty(stop - start, dtype=torch.long, device=device)
+    indices = torch.empty(stop - start, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    row = 0
+    try:
+        with ClassifierTap(classifier) as tap:
+            for image, target, index in loader:
+                model(image.to(model_device, non_blocking=True))
+                count = tap.features.shape[0]
+                features[row : row + count].copy_(tap.features)
+                labels[row : row + count].copy_(torch.as_tensor(target))
+                indices[row : row + count].copy_(torch.as_tensor(index))
+                row += count
+    finally:
+        model.train(was_training)
+    if row != stop - start:
+        raise RuntimeError(f"the bank pass read {row} samples of {type(dataset).__name__}, expected {stop - start}")
+    return features, labels, indices
+
+
+# ----------------------------------------------------------------------------- shard files
+
+
+def shard_path(directory: str, key: str, rank: int, world: int) -> str:
+    return os.path.join(directory, f"bank_{key[:32]}.shard{rank:04d}of{world:04d}.pt")
+
+
+def _checksum(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        _update_with_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def save_shard_rows(
+    path: str, key: str, total: int, start: int, stop: int,
+    features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+) -> None:
+    """Write one shard's rows atomically (temporary file, fsync, rename), with a checksum."""
+    features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
+    payload = {"format": SHARD_FORMAT, "key": key, "total": total, "start": start, "stop": stop,
+               "checksum": _checksum(features, labels, indices),
+               "features": features, "labels": labels, "indices": indices}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _shard_sets(directory: str, key: str) -> list[int]:
+    """World sizes W for which all W shard files of ``key`` exist in ``directory``."""
+    worlds: dict[int, set[int]] = {}
+    for path in glob.glob(os.path.join(directory, f"bank_{key[:32]}.shard*of*.pt")):
+        match = re.search(r"\.shard(\d+)of(\d+)\.pt$", path)
+        if match:
+            worlds.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    return sorted(w for w, ranks in worlds.items() if ranks == set(range(w)))
+
+
+def load_shard_rows(
+    directory: str, key: str, total: int, start: int, stop: int, warn: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Rows ``[start, stop)`` of the bank ``key`` from a complete set of shard files, or None.
+
+    Prefers the set written with this run's world size (one file read); another set is
+    re-sliced: each overlapping file is memory-mapped and only the overlap is copied.
+    A file with the wrong format, key, bounds or checksum is reported and the set is not used.
+    """
+    _, world = dist_world()
+    sets = _shard_sets(directory, key) if os.path.isdir(directory) else []
+    for source_world in sorted(sets, key=lambda w: (w != world, w)):
+        pieces, ok = [], True
+        for source in range(source_world):
+            first, last = shard_bounds(total, source, source_world)
+            lo, hi = max(first, start), min(last, stop)
+            if lo >= hi:
+                continue
+            path = shard_path(directory, key, source, source_world)
+            payload = _read_shard(path, key, total, first, last, warn)
+            if payload is None:
+                ok = False
+                break
+            pieces.append(tuple(payload[name][lo - first : hi - first] for name in ("features", "labels", "indices")))
+        if ok and sum(p[0].shape[0] for p in pieces) == stop - start and pieces:
+            return tuple(torch.cat([p[i] for p in pieces]).clone() for i in range(3))  # type: ignore[return-value]
+    return None
+
+
+def _read_shard(path: str, key: str, total: int, start: int, stop: int, warn: bool) -> dict | None:
+    def reject(reason: str) -> None:
+        if warn:
+            warnings.warn(f"ICKD sharded bank file {path}: {reason}; not used", stacklevel=4)
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # truncated, corrupt, not a torch file
+        reject(f"unreadable ({type(error).__name__})")
+        return None
+    expected = {"format": SHARD_FORMAT, "key": key, "total": total, "start": start, "stop": stop}
+    for name, value in expected.items():
+        if not isinstance(payload, dict) or payload.get(name) != value:
+            reject(f"{name} is {payload.get(name) if isinstance(payload, dict) else None!r}, expected {value!r}")
+            return None
+    if _checksum(payload["features"], payload["labels"], payload["indices"]) != payload.get("checksum"):
+        reject("checksum mismatch (the file is corrupt)")
+        return None
+    return payload
