@@ -22,7 +22,7 @@ import torch
 
 from fixtures_data import write_fashion_mnist_fixture
 from harness_utils import REPO, run_config, write_teacher_checkpoint
-from kdharness.config import load_config
+from kdharness.compose import load_config
 from kdharness.engine import run_dir
 from kdharness.engine.checkpoint import atomic_write_bytes, load_checkpoint
 from kdharness.engine.trainer import BaseTrainer, NonFiniteLossError, unwrap
