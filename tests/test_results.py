@@ -114,14 +114,18 @@ def test_markdown_table_cells_exact(runs):
     text = render_markdown(aggregate(summaries), load_reference())
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| Teacher | Student"))
-    assert header == (
+    # The first published columns; more methods' published figures (FITNET, AT, ...) follow.
+    assert header.startswith(
         "| Teacher | Student | Teacher acc. | Vanilla | KD | ICKD+KD | KD (published) [1] | DKD (published) [1] "
         "| CRD (published) [2] |"
     )
-    assert (
-        "| resnet32x4 | resnet8x4 | 79.20 ± 0.20 (3) | 69.00 ± 1.00 (3) | 71.00 ± 1.00 (3) | 73.17 ± 1.26 (3) "
-        "| 73.33 | 76.32 | 75.51 |"
-    ) in lines
+    assert any(
+        line.startswith(
+            "| resnet32x4 | resnet8x4 | 79.20 ± 0.20 (3) | 69.00 ± 1.00 (3) | 71.00 ± 1.00 (3) | 73.17 ± 1.26 (3) "
+            "| 73.33 | 76.32 | 75.51 |"
+        )
+        for line in lines
+    )
     assert f"[1] {MDISTILLER}  " in lines and f"[2] {CRD_PAPER}  " in lines
     # The teacher's own vanilla runs fill the teacher cell, not a row of their own.
     assert not any("| ResNet50 |" in line for line in lines)
@@ -217,10 +221,13 @@ def test_missing_directory_is_an_error(tmp_path):
 # -- published figures -------------------------------------------------------------------
 def test_packaged_reference_loads_without_shared_data():
     figures = load_reference()
-    assert len(figures) == 37
+    assert len([f for f in figures if f.method in ("KD", "DKD", "CRD") and f.dataset in ("cifar100", "imagenet")]) == 37
+    # mdistiller's feature distillers, CIFAR-100 only (CRD paper Tables 1-2): 11 pairs each.
+    for method in ("FITNET", "AT", "SP", "RKD", "PKT", "NST"):
+        assert len([f for f in figures if f.method == method and f.dataset == "cifar100"]) == 11, method
     kd = next(f for f in figures if (f.dataset, f.teacher, f.student, f.method) == ("cifar100", "resnet32x4", "resnet8x4", "KD"))
     assert kd.top1 == 73.33 and kd.source == MDISTILLER  # unquoted commas in the source are kept
-    assert {f.dataset for f in figures} == {"cifar100", "imagenet"}
+    assert {f.dataset for f in figures} >= {"cifar100", "imagenet"}
 
 
 def test_malformed_reference_names_file_and_line(tmp_path):
