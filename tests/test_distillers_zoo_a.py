@@ -571,6 +571,15 @@ def test_losses_equal_mdistiller(method, monkeypatch):
             assert got[key].item() == pytest.approx(want[key].sum().item(), rel=1e-6, abs=1e-12), (key, epoch)
 
 
+@pytest.mark.skipif(not os.environ.get("MDISTILLER_ROOT"), reason="set MDISTILLER_ROOT to an mdistiller checkout")
+@pytest.mark.parametrize("method", METHODS)
+def test_mdistiller_yaml_loads_unchanged(method):
+    from kdharness.compose import load_config
+
+    cfg = load_config(os.path.join(os.environ["MDISTILLER_ROOT"], "configs", "cifar100", f"{method.lower()}.yaml"))
+    assert cfg.DISTILLER.TYPE == method and cfg.DISTILLER.STUDENT == "resnet8x4"
+
+
 # ------------------------------------------------------------------------------ published figures on the leaderboard
 
 
