@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,47 @@ def test_leaderboard_leaves_out_runs_with_skipped_steps_unless_asked(tmp_path):
     assert "b/summary.json" in warning and "78 training steps were skipped" in warning and "--include-skipped" in warning
     summaries, warnings = load_summaries([str(tmp_path)], include_skipped=True)
     assert sorted(s.seed for s in summaries) == [0, 1] and not warnings
+
+
+def _readme_commands(script: str) -> list[list[str]]:
+    """The README's `python tools/<script>` command lines, as argv lists (comments dropped)."""
+    import shlex
+
+    commands = []
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith(f"python tools/{script} "):
+            commands.append(shlex.split(line, comments=True)[2:])
+    return commands
+
+
+def test_readme_eval_examples_point_at_the_run_directory_train_writes():
+    """Each `tools/eval.py --cfg C --ckpt DIR/NAME [KEY VALUE ...]` line of the README names the
+    directory that `tools/train.py --cfg C [KEY VALUE ...]` (or a sweep's run with that seed) writes."""
+    from kdharness.engine.build import experiment_name
+
+    commands = _readme_commands("eval.py")
+    assert commands, "README.md shows no tools/eval.py example"
+    for argv in commands:
+        cfg_path, ckpt = argv[argv.index("--cfg") + 1], argv[argv.index("--ckpt") + 1]
+        opts = argv[argv.index("--ckpt") + 2:]
+        cfg = load_config(str(REPO / cfg_path), opts)
+        expected = os.path.normpath(os.path.join(cfg.LOG.PREFIX, experiment_name(cfg, opts)))
+        assert os.path.normpath(os.path.dirname(ckpt)) == expected, argv
+
+
+def test_sweep_prints_the_eval_command_of_each_finished_run(tmp_path, capsys):
+    import shlex
+
+    spec = importlib.util.spec_from_file_location("sweep_cli", REPO / "tools" / "sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    run_dir = tmp_path / "kd,EXPERIMENT.SEED:0"
+    finish = f"import os, json; os.makedirs({str(run_dir)!r}); open(os.path.join({str(run_dir)!r}, 'summary.json'), 'w').write(json.dumps({{'complete': True}}))"
+    cmd = [sys.executable, "-c", finish, "--cfg", "kd.yaml", "EXPERIMENT.SEED", "0", "DATASET.ROOT", "/data"]
+    assert sweep.execute([sweep.PlannedRun(cmd, "run", "kd.yaml", 0, str(run_dir))]) == 0
+    out = capsys.readouterr().out
+    expected = sweep.eval_command(sweep.PlannedRun(cmd, "run", "kd.yaml", 0, str(run_dir)))
+    assert expected[1] == str(REPO / "tools" / "eval.py")
+    assert expected[2:] == ["--cfg", "kd.yaml", "--ckpt", str(run_dir / "student_best"),
+                            "EXPERIMENT.SEED", "0", "DATASET.ROOT", "/data"]
+    assert shlex.join(expected) in out
