@@ -13,7 +13,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-F = TypeVar("F", bound=Callable[..., Any])
+FuncT = TypeVar("FuncT", bound=Callable[..., Any])
 
 
 def _to_float32(value: Any) -> Any:
@@ -36,7 +36,7 @@ def _first_tensor(values: Any) -> torch.Tensor | None:
     return None
 
 
-def float32_loss(fn: F) -> F:
+def float32_loss(fn: FuncT) -> FuncT:
     """Decorator: call ``fn`` with autocast off and every float16/bfloat16 tensor argument (also
     inside lists/tuples of per-stage features) cast to float32."""
 
