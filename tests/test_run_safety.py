@@ -175,6 +175,18 @@ def test_resume_accepts_changed_paths_and_loader_settings(fashion_root, tmp_path
     assert run_config(VANILLA_CFG, moved, resume=True)["complete"]
 
 
+def test_resume_may_extend_a_finished_run(fashion_root, tmp_path):
+    """SOLVER.EPOCHS edited in the YAML (an override would name another directory): one more epoch."""
+    cfg_path = _edited_copy(tmp_path, "EPOCHS: 3", "EPOCHS: 1")
+    opts = [key_or_value for pair in zip(_opts(fashion_root, tmp_path)[::2], _opts(fashion_root, tmp_path)[1::2])
+            if pair[0] != "SOLVER.EPOCHS" for key_or_value in pair]
+    first = run_config(cfg_path, opts)
+    _edited_copy(tmp_path, "EPOCHS: 3", "EPOCHS: 2")
+    extended = run_config(cfg_path, opts, resume=True)
+    assert extended["log_path"] == first["log_path"] and extended["complete"]
+    assert [h["epoch"] for h in extended["history"]] == [1, 2] and extended["history"][0] == first["history"][0]
+
+
 def test_config_diff_lists_changed_keys_only():
     recorded = "A:\n  X: 1\n  Y: [1, 2]\nLOG:\n  PREFIX: a\nOLD: 1\n"
     current = "A:\n  X: 1\n  Y: [1, 3]\nLOG:\n  PREFIX: b\nNEW: 2\n"

@@ -32,12 +32,13 @@ RUN_FILES = ("summary.json", "worklog.txt", "latest", "latest.prev", "best", "st
 # Left in place when a run is set aside: the live trainer holds its lock on this file.
 KEEP_ON_SET_ASIDE = ("run.lock",)
 SET_ASIDE_MARK = ".old-"
-# Config keys that say where files are or how fast things run, not what is trained: they
-# may differ between a run and its resume (a moved dataset, more loader workers).
+# Config keys that may differ between a run and its resume: where files are and how fast
+# things run (a moved dataset, more loader workers), the NaN policy, and SOLVER.EPOCHS (to
+# extend a finished run; the epochs already trained keep their history).
 RESUMABLE_KEY_PREFIXES = (
     "LOG.", "DATASET.ROOT", "DATASET.NUM_WORKERS", "DATASET.PIN_MEMORY", "DATASET.PERSISTENT_WORKERS",
     "DATASET.DOWNLOAD", "DATASET.TEST.BATCH_SIZE", "DISTILLER.TEACHER_WEIGHTS", "ICKD.BANK.CACHE_DIR",
-    "ICKD.BANK.DEVICE", "SOLVER.NAN_",
+    "ICKD.BANK.DEVICE", "SOLVER.NAN_", "SOLVER.EPOCHS",
 )
 
 
