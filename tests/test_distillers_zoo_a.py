@@ -35,6 +35,7 @@ from kdharness.distillers.nst import NST, nst_loss, nst_stage_loss
 from kdharness.distillers.pkt import PKT, pkt_loss
 from kdharness.distillers.rkd import RKD, rkd_loss
 from kdharness.distillers.sp import SP, similarity_loss, sp_loss
+from kdharness.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 STATES_DIR = REPO / "kdharness" / "reference" / "mdistiller_distiller_states"
@@ -445,8 +446,6 @@ def test_recorded_states_cover_the_eleven_pairs_and_say_how_they_were_made():
 
 @pytest.mark.parametrize("pair", sorted(_recorded("FITNET")["pairs"]))
 def test_fitnet_state_dict_matches_mdistiller(pair):
-    from kdharness.models import create_model
-
     record = _recorded("FITNET")["pairs"][pair]
     student = create_model(record["student"], "cifar100", 100)
     teacher = create_model(record["teacher"], "cifar100", 100)
@@ -551,8 +550,6 @@ def test_losses_equal_mdistiller(method, monkeypatch):
     amplification leaves ~1e-10 relative, so rel 1e-6 holds for every method with margin.
     KDSVD's SVD runs in float32 in both (mdistiller's cast) on bitwise-equal stage features.
     """
-    from kdharness.models import create_model
-
     md = _import_mdistiller(os.environ["MDISTILLER_ROOT"], monkeypatch)
     torch.manual_seed(3)
     ours_s, ours_t = create_model("resnet8x4", "cifar100", 100), create_model("resnet32x4", "cifar100", 100)
