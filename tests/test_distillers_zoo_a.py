@@ -537,6 +537,7 @@ def _import_mdistiller(root: str, monkeypatch) -> types.SimpleNamespace:
     return types.SimpleNamespace(classes=classes, cfg=cfg, models=models)
 
 
+@pytest.mark.slow  # ~20 s per method on one core: resnet32x4 in float64
 @pytest.mark.skipif(not os.environ.get("MDISTILLER_ROOT"), reason="set MDISTILLER_ROOT to an mdistiller checkout")
 @pytest.mark.parametrize("method", METHODS)
 def test_losses_equal_mdistiller(method, monkeypatch):
