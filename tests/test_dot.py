@@ -132,3 +132,79 @@ def test_trainer_rejects_bad_delta_and_amp(tmp_path):
         _trainer(tmp_path, KD(student, teacher, get_cfg_defaults()), **{"DOT.DELTA": 0.95})
     with pytest.raises(ValueError, match="SOLVER.AMP"):
         _trainer(tmp_path / "amp", KD(student, teacher, get_cfg_defaults()), AMP=True)
+
+
+# ----------------------------------------------------------------------------- DDP
+
+DDP_WORLD, DDP_GLOBAL_BATCH = 2, 16
+
+
+def _dot_cfg(log_prefix, batch_size: int):
+    from kdharness.compose import load_builtin_components
+
+    load_builtin_components()
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list([
+        "EXPERIMENT.NAME", "dot", "DISTILLER.TYPE", "KD", "SOLVER.TRAINER", "dot", "SOLVER.BATCH_SIZE", batch_size,
+        "SOLVER.EPOCHS", 2, "SOLVER.LR", 0.1, "SOLVER.WEIGHT_DECAY", 5e-4, "DATASET.NUM_WORKERS", 0,
+        "DATASET.TEST.BATCH_SIZE", 8, "LOG.PREFIX", str(log_prefix), "LOG.TENSORBOARD_FREQ", 0,
+        "LOG.SAVE_CHECKPOINT_FREQ", 0,
+    ])
+    cfg.freeze()
+    return cfg
+
+
+def _dot_student_after_training(cfg, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """KD + DOT on test_distributed's BatchNorm-free MLPs; the student's weights after training."""
+    from test_distributed import MLP, make_datasets
+
+    from kdharness.data.loaders import build_loaders
+    from kdharness.engine import distributed
+    from kdharness.engine.trainer import unwrap
+
+    train_set, val_set = make_datasets()
+    train_loader, val_loader = build_loaders(cfg, train_set, val_set, rank=rank, world_size=world)
+    torch.manual_seed(1)
+    student, teacher = MLP(), MLP(hidden=10)
+    teacher.requires_grad_(False)
+    wrapped = distributed.wrap(KD(student, teacher, cfg), torch.device("cpu"), cfg.SOLVER.DDP_FIND_UNUSED_PARAMETERS)
+    trainer = DOTTrainer(cfg.EXPERIMENT.NAME, wrapped, train_loader, val_loader, cfg)
+    trainer.train()
+    return {k: v.clone() for k, v in unwrap(trainer.distiller).student.state_dict().items()}
+
+
+def _dot_rank(rank: int, world: int, port: int, workdir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from test_distributed import loopback_env
+
+    os.environ.update(loopback_env())
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        state = _dot_student_after_training(_dot_cfg(f"{workdir}/ddp", DDP_GLOBAL_BATCH // world), rank, world)
+        torch.save(state, f"{workdir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_dot_under_ddp_equals_single_process_global_batch(tmp_path):
+    """Half batches on two gloo ranks give the single-process weights of the whole batch: DOT's
+    update is linear in the gradients, and both kinds are averaged over the ranks."""
+    import torch.multiprocessing as mp
+    from test_distributed import free_port, torch_threads
+
+    mp.spawn(_dot_rank, args=(DDP_WORLD, free_port(), str(tmp_path)), nprocs=DDP_WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(DDP_WORLD)]
+    with torch_threads(1):
+        single = _dot_student_after_training(_dot_cfg(tmp_path / "single", DDP_GLOBAL_BATCH))
+    torch.manual_seed(1)
+    from test_distributed import MLP
+
+    initial = MLP().state_dict()
+    for name, value in single.items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        assert torch.allclose(ranks[0][name], value, rtol=1e-5, atol=1e-6), name
+        assert not torch.equal(value, initial[name]), "training did not move the weights"

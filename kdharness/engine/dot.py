@@ -23,7 +23,11 @@ mdistiller's too, so its checkpoints resume here.
 
 Trainers ``dot`` and ``crd_dot`` (mdistiller's names; ours pass contrastive indices in
 both): the task loss is the ``loss_ce`` term, the distillation loss the sum of all others
-(mdistiller requires exactly ``loss_ce`` and ``loss_kd``).
+(mdistiller requires exactly ``loss_ce`` and ``loss_kd``). Under DDP (ours; mdistiller's DOT
+is single-process) the distillation gradients are taken with ``torch.autograd.grad``, which
+DDP's gradient hooks do not see, and averaged over the ranks by one all-reduce; the task
+backward is DDP's own. A parameter that only the distillation loss reaches (CRD's
+embeddings, OFD's connectors) then needs ``SOLVER.DDP_FIND_UNUSED_PARAMETERS True``.
 """
 from __future__ import annotations
 
@@ -135,11 +139,6 @@ class DOTTrainer(BaseTrainer):
             raise ValueError(f"SOLVER.TYPE = {cfg.SOLVER.TYPE!r}; the dot trainer needs SGD")
         if cfg.SOLVER.AMP:
             raise ValueError("SOLVER.AMP is not supported by SOLVER.TRAINER dot (two backward passes, one scaler)")
-        if distributed.is_distributed():
-            raise ValueError(
-                "SOLVER.TRAINER dot runs two backward passes per step, which DistributedDataParallel "
-                "does not allow; train on one process"
-            )
         delta = float(cfg.SOLVER.DOT.DELTA)
         momentum = float(cfg.SOLVER.MOMENTUM)
         if not 0 <= delta <= momentum:
@@ -155,11 +154,29 @@ class DOTTrainer(BaseTrainer):
     def _backward_and_step(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
         task, kd = split_losses(terms)
         self.optimizer.zero_grad(set_to_none=True)
+        params = self.optimizer.param_groups[0]["params"]
         if kd.requires_grad:
-            kd.backward(retain_graph=True)
+            grads = torch.autograd.grad(kd, params, retain_graph=True, allow_unused=True)
+            if distributed.is_distributed():
+                average_over_ranks([g for g in grads if g is not None])
+            for p, grad in zip(params, grads):
+                p.grad = grad
         self.optimizer.step_kd()
         task.backward()
         self.optimizer.step()
+
+
+def average_over_ranks(tensors: list[torch.Tensor]) -> None:
+    """In place: each tensor becomes its mean over the ranks (one all-reduce of a flat copy)."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 # mdistiller's CRD+DOT trainer only differs in passing contrastive indices, which ours always do.
