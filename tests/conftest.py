@@ -11,6 +11,12 @@ torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long end-to-end runs (deselect with -m 'not slow')")
+    config.addinivalue_line(
+        "markers",
+        "numerics: results that float summation order could move (values against float64 references, "
+        "short learning runs); scripts/test.sh runs them again on the portable kernel path "
+        "(MKL_ENABLE_INSTRUCTIONS=SSE4_2, ONEDNN_MAX_CPU_ISA=SSE41, ATEN_CPU_CAPABILITY=default) with 2 threads",
+    )
 
 
 @pytest.fixture(autouse=True)
