@@ -506,6 +506,14 @@ def _layers(dataset: Any, depth: int = 3) -> Iterator[Any]:
                 return
 
 
+def _update_with_array(digest: Any, array: np.ndarray) -> None:
+    """Hash a numpy array's dtype, shape and bytes in ~16 MiB blocks (read-only arrays too)."""
+    digest.update(f"{array.dtype}{array.shape}".encode())
+    raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    for start in range(0, raw.size, _BLOCK_BYTES):
+        digest.update(raw[start : start + _BLOCK_BYTES].data)
+
+
 def _dataset_targets(dataset: Any) -> Iterable[int] | None:
     """The dataset's labels (`targets` or `labels`), looking through wrappers."""
     for layer in _layers(dataset):
@@ -527,7 +535,10 @@ def _update_with_data(digest: Any, dataset: Any) -> bool:
         data = getattr(layer, "data", None)
         if torch.is_tensor(data) or isinstance(data, np.ndarray):
             digest.update(b"data")
-            _update_with_tensor(digest, torch.as_tensor(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data))
+            if isinstance(data, np.ndarray):
+                _update_with_array(digest, data)
+            else:
+                _update_with_tensor(digest, data)
             return True
         for name in ("samples", "imgs"):
             entries = getattr(layer, name, None)
@@ -549,9 +560,11 @@ def _update_with_items(digest: Any, dataset: Any, count: int = FINGERPRINT_ITEMS
     with preserved_rng():
         for position in positions:
             image = dataset[position][0]
-            tensor = image if torch.is_tensor(image) else torch.as_tensor(np.ascontiguousarray(np.asarray(image)))
             digest.update(str(position).encode())
-            _update_with_tensor(digest, tensor)
+            if torch.is_tensor(image):
+                _update_with_tensor(digest, image)
+            else:
+                _update_with_array(digest, np.asarray(image))
 
 
 def bank_cache_key(model: nn.Module, dataset: Any, dtype: torch.dtype, warn_if_unseen: bool = True) -> str:
