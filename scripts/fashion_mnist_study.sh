@@ -31,7 +31,7 @@ case "$phase" in
       $C/crd/res14_res8.yaml ;;
   sensitivity)
     for override in "ICKD.BETA1 0.0" "ICKD.BETA1 0.25" "ICKD.BETA1 1.0" "ICKD.K 1" "ICKD.K 4" "ICKD.K 32" \
-        "ICKD.TAU 0.02" "ICKD.TAU 0.5" "ICKD.TAU 2.0" "ICKD.BETA2 0.25" "ICKD.BETA2 0.5" "ICKD.BETA2 2.0" \
+        "ICKD.TAU 0.005" "ICKD.TAU 0.02" "ICKD.TAU 0.5" "ICKD.BETA2 0.25" "ICKD.BETA2 0.5" "ICKD.BETA2 2.0" \
         "ICKD.PICD_WEIGHT 0.25" "ICKD.PICD_WEIGHT 2.0" "ICKD.PICD_WEIGHT 4.0" \
         "ICKD.NICD_WEIGHT 0.0" "ICKD.NICD_WEIGHT 0.5" "ICKD.NICD_WEIGHT 1.0"; do
       $S --seeds 0 1 --cfg $C/ickd_kd/res14_res8.yaml LOG.PREFIX ./output/fmnist_sensitivity $override
