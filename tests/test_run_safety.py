@@ -309,7 +309,7 @@ def test_resume_flag_after_the_overrides_resumes_and_says_from_where(fashion_roo
     assert _train_cli().main(["--cfg", str(VANILLA_CFG), *opts, "--resume"]) == 0
     out = capsys.readouterr().out
     assert f"resuming from {os.path.join(stopped.log_path, 'latest')} (epoch 2, step 2" in out
-    assert f"continuing at epoch 2, step 2 of {STEPS_PER_EPOCH}" in out
+    assert f"continuing with epoch 2 of 2 at step 2 of {STEPS_PER_EPOCH}" in out
 
 
 def _write_summary(run: Path, seed: int, skipped: int) -> None:

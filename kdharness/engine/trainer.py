@@ -253,14 +253,11 @@ class BaseTrainer:
         if "rng" in state:
             set_rng_state(state["rng"])
         if self.is_main:
-            where = (
-                f"epoch {self.start_epoch}, step {self.start_step} of {len(self.train_loader)}"
-                if self.start_step else f"the start of epoch {self.start_epoch}"
-            )
+            where = f"step {self.start_step} of {len(self.train_loader)}" if self.start_step else "its start"
             source = self._resumed_from or "the checkpoint"
             print(log_msg(
                 f"resuming from {source} (epoch {state['epoch']}, step {step}, global step {self.global_step}): "
-                f"continuing at {where} of {self.cfg.SOLVER.EPOCHS}", "INFO"))
+                f"continuing with epoch {self.start_epoch} of {self.cfg.SOLVER.EPOCHS} at {where}", "INFO"))
 
     # -- signals ------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
