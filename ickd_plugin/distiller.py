@@ -255,6 +255,19 @@ class ICKD(DistillerBase):
             return torch.device("cuda", torch.cuda.current_device())
         return next(self.bank_model.parameters()).device
 
+    def _bank_from_resume_state(self, trainer: Any) -> bool:
+        """Online / teacher-free under --resume: take the bank from the checkpoint about to be
+        restored (a host's ``trainer.resume_state``), not from a pass the restore would overwrite."""
+        state = getattr(trainer, "resume_state", None)
+        model_state = state.get("model") if isinstance(state, dict) else None
+        if not isinstance(model_state, dict):
+            return False
+        for prefix in ("bank.", "module.bank."):
+            if prefix + "features" in model_state:
+                self.bank.load_state_dict({k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)})
+                return self.bank.is_built
+        return False
+
     def build_bank(self, trainer: Any) -> None:
         """Fill the bank from the training set seen without augmentation (idempotent).
 
@@ -273,6 +286,11 @@ class ICKD(DistillerBase):
             self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
             origin = "already built for this teacher and data" if offline else "restored from the checkpoint"
             report(f"memory bank: reused, {origin}: {describe_bank(self.bank.features)}")
+            return
+        if not offline and type(self.bank) is MemoryBank and self._bank_from_resume_state(trainer):
+            self.bank.to(device)
+            self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
+            report(f"memory bank: restored from the checkpoint being resumed: {describe_bank(self.bank.features)}")
             return
         if isinstance(self.bank, ShardedMemoryBank):  # each rank fills (or reads) its own rows only
             self.bank.checkpoint_dir = checkpoint_dir_for(trainer)

@@ -546,3 +546,21 @@ def test_bank_says_whether_it_was_built_loaded_or_reused(tmp_path, capsys) -> No
     assert "memory bank: reused, already built for this teacher and data" in capsys.readouterr().out
     build(cached_ickd(tmp_path))
     assert f"memory bank: loaded from the cache {bank_file(first, trainer)}" in capsys.readouterr().out
+
+
+def test_online_bank_is_taken_from_the_checkpoint_being_resumed(monkeypatch, capsys) -> None:
+    """Issue 12 §3.6 (kdharness: `trainer.resume_state` during before_train): no pass on --resume."""
+    import ickd_plugin.distiller as distiller_module
+
+    trained = make_ickd(BASE="KD", PARADIGM="online")
+    trainer = make_trainer(trained)
+    trained.trainer_hooks()[0].before_train(trainer)
+    trained.bank.refresh(torch.arange(4), torch.full((4, trained.bank.features.shape[1]), 3.0), momentum=0.5)
+    resumed = make_ickd(BASE="KD", PARADIGM="online")
+    monkeypatch.setattr(distiller_module, "extract_features", lambda *a, **k: pytest.fail("a bank pass ran"))
+    trainer.resume_state = {"model": trained.state_dict()}
+    capsys.readouterr()
+    resumed.trainer_hooks()[0].before_train(trainer)
+    assert torch.equal(resumed.bank.features, trained.bank.features)
+    assert torch.equal(resumed.bank.class_rows, trained.bank.class_rows)
+    assert "memory bank: restored from the checkpoint being resumed" in capsys.readouterr().out

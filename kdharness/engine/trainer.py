@@ -281,9 +281,13 @@ class BaseTrainer:
         (`run_dir.ExistingRunError`) unless `start_over`, which moves that run aside first.
         """
         state = self._prepare_run_directory(resume, start_over)
+        # Hooks may read the checkpoint about to be restored (ICKD takes an online bank from
+        # it instead of building one the restore would overwrite).
+        self.resume_state = state
         self._call_hooks("before_train")
         if state is not None:
             self._restore(state)
+        self.resume_state = None
         previous_handlers = self._install_signal_handlers()
         try:
             for epoch in range(self.start_epoch, self.cfg.SOLVER.EPOCHS + 1):
