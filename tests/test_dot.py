@@ -7,6 +7,7 @@ within half an ulp (2**-24 relative), so 1e-6 absolute is several ulps of slack.
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -208,3 +209,19 @@ def test_dot_under_ddp_equals_single_process_global_batch(tmp_path):
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         assert torch.allclose(ranks[0][name], value, rtol=1e-5, atol=1e-6), name
         assert not torch.equal(value, initial[name]), "training did not move the weights"
+
+
+def test_ddp_refuses_distillation_only_parameters(tmp_path, monkeypatch):
+    """Under DDP only the task backward is synchronised: OFD's connectors (distillation-only)
+    must stop the run at once with their names, not fail later inside DDP."""
+    import kdharness.engine.dot as dot_module
+    from kdharness.distillers.ofd import OFD
+
+    torch.manual_seed(0)
+    student, teacher = timm.create_model("cifar_resnet8", num_classes=5), timm.create_model("cifar_resnet14", num_classes=5)
+    trainer, loader = _trainer(tmp_path, OFD(student, teacher, get_cfg_defaults()))
+    # dot.py alone believes it runs under DDP (the base trainer's own checks stay single-process).
+    monkeypatch.setattr(dot_module, "distributed", SimpleNamespace(is_distributed=lambda: True))
+    monkeypatch.setattr(dot_module, "average_over_ranks", lambda tensors: None)  # one process stands in
+    with pytest.raises(RuntimeError, match=r"no task \(loss_ce\) gradient \(connectors\.connectors\.0\.0\.weight"):
+        trainer._run_step(next(iter(loader)), epoch=1, step=0)

@@ -26,8 +26,10 @@ both): the task loss is the ``loss_ce`` term, the distillation loss the sum of a
 (mdistiller requires exactly ``loss_ce`` and ``loss_kd``). Under DDP (ours; mdistiller's DOT
 is single-process) the distillation gradients are taken with ``torch.autograd.grad``, which
 DDP's gradient hooks do not see, and averaged over the ranks by one all-reduce; the task
-backward is DDP's own. A parameter that only the distillation loss reaches (CRD's
-embeddings, OFD's connectors) then needs ``SOLVER.DDP_FIND_UNUSED_PARAMETERS True``.
+backward is DDP's own, so under DDP every parameter the distillation loss reaches must also
+get a task gradient (true of KD and DKD, the DOT configs); methods with modules only the
+distillation loss trains (CRD's embeddings, OFD's connectors, ...) stop at the first step
+with an error naming them.
 """
 from __future__ import annotations
 
@@ -79,6 +81,10 @@ class DistillationOrientedTrainer(torch.optim.Optimizer):
             if p.grad is not None:
                 self._kd_grads[p] = p.grad
                 p.grad = None
+
+    def kd_gradients(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """The distillation gradients that ``step_kd`` took and the next ``step`` will use."""
+        return list(self._kd_grads.items())
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -163,7 +169,20 @@ class DOTTrainer(BaseTrainer):
                 p.grad = grad
         self.optimizer.step_kd()
         task.backward()
+        if distributed.is_distributed():
+            self._check_task_gradients()
         self.optimizer.step()
+
+    def _check_task_gradients(self) -> None:
+        """Under DDP, refuse parameters that got a distillation gradient but no task gradient."""
+        kd_only = {id(p) for p, _ in self.optimizer.kd_gradients() if p.grad is None}
+        if kd_only:
+            names = [n for n, p in unwrap(self.distiller).named_parameters() if id(p) in kd_only]
+            raise RuntimeError(
+                f"SOLVER.TRAINER dot under DDP: {len(names)} parameters get a distillation gradient but no "
+                f"task (loss_ce) gradient ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); DDP "
+                f"synchronises only the task backward, so {self.cfg.DISTILLER.TYPE} + DOT runs on one process"
+            )
 
 
 def average_over_ranks(tensors: list[torch.Tensor]) -> None:
