@@ -321,3 +321,15 @@ def test_configs_load_and_dot_pairs_have_published_figures(path: str):
         assert method_name(cfg) == "KD+DOT" and "KD+DOT" in published
     if cfg.DISTILLER.TYPE == "VID":
         assert "VID" in published
+
+
+@pytest.mark.parametrize("name", ["OFD", "VID", "REVIEWKD"])
+def test_losses_stay_float32_under_autocast(name: str):
+    # The networks may run in bfloat16/float16; the feature losses (sums of many squares, logs
+    # of variances) are computed in float32 (kdharness/distillers/_numerics.py).
+    student, teacher = _models()
+    distiller = distiller_dict[name](student, teacher, _cfg())
+    distiller.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = distiller(image=torch.randn(2, 3, 32, 32), target=torch.randint(0, 10, (2,)), epoch=30)
+    assert losses["loss_kd"].dtype == torch.float32 and torch.isfinite(losses["loss_kd"])

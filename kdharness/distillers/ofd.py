@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdharness.distillers._base import Distiller
+from kdharness.distillers._numerics import float32_loss
 from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
@@ -55,6 +56,7 @@ def ofd_margin(gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return torch.where(p_negative > _MIN_NEGATIVE_PROBABILITY, conditional, -3.0 * s)
 
 
+@float32_loss
 def ofd_feature_loss(student: torch.Tensor, teacher: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
     """Partial L2 between ``[B, C, H, W]`` maps, averaged over the batch and summed over the rest.
 

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdharness.distillers._base import Distiller
+from kdharness.distillers._numerics import float32_loss
 from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
@@ -34,6 +35,7 @@ MID_CHANNEL_CAP = 512  # mdistiller's hard-coded cap on the ABFs' common width
 HCL_POOL_SIDES = (4, 2, 1)  # the pyramid levels of the hierarchical context loss
 
 
+@float32_loss
 def hcl_loss(feats_student: Sequence[torch.Tensor], feats_teacher: Sequence[torch.Tensor]) -> torch.Tensor:
     """Hierarchical context loss summed over stage pairs (see the module docstring)."""
     total = feats_student[0].new_zeros(())

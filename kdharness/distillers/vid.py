@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdharness.distillers._base import Distiller
+from kdharness.distillers._numerics import float32_loss
 from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
@@ -47,6 +48,7 @@ def match_spatial(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, t
     return f_s, f_t
 
 
+@float32_loss
 def vid_nll(pred_mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor, eps: float) -> torch.Tensor:
     """Mean Gaussian NLL (constant dropped) of ``target`` under ``N(pred_mean, softplus(log_scale) + eps)``."""
     variance = (torch.log(1.0 + torch.exp(log_scale)) + eps).view(1, -1, 1, 1).to(pred_mean)
