@@ -10,7 +10,10 @@ Three measurements (see docs/performance.md for what each number means):
 * step:      training-step time of KD, DKD, CRD, ICKD+KD, ICKD+DKD, as ratios to KD;
 * bank:      memory-bank build time, as a ratio to one plain no-grad teacher pass;
 * retrieval: time and memory of bank retrieval over bank sizes, dims, batches and dtypes,
-             with the fraction of the machine's matmul throughput it reaches.
+             with the fraction of the machine's matmul throughput it reaches;
+* sharded:   (only when asked: ``--only sharded``) the in-context part of a step with a bank
+             replicated on every rank vs sharded across W gloo processes (ICKD.BANK.SHARDED),
+             side by side, with the bank bytes per rank and the bytes received per step.
 
 Each prints a table; ``--json FILE`` also writes every number with the hardware it came from.
 """
@@ -24,6 +27,7 @@ import sys
 from typing import Any
 
 BENCHMARKS = ("step", "bank", "retrieval")
+EXTRA_BENCHMARKS = ("sharded",)  # run only when named in --only (it spawns processes)
 
 
 def _log(message: str) -> None:
@@ -47,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retrieval-devices", default=None, help="comma-separated devices of the retrieval benchmark (default: cuda if present, and cpu)")
     for name, example in (("sizes", "50000,1280000"), ("dims", "256,2048"), ("batches", "64,256"), ("dtypes", "fp32,fp16,bf16")):
         parser.add_argument(f"--{name}", default=None, help=f"retrieval grid: replace the grid's {name} (e.g. {example})")
+    parser.add_argument("--worlds", default=None, help="sharded benchmark: comma-separated world sizes (default 2,4; --quick 2,3)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 3 step / 1 others; --quick 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed iterations (default 20 step / 5 others; --quick 5 / 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -66,9 +71,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown_dtypes = sorted(set(args.grid_overrides.get("dtypes", ())) - {"fp32", "fp16", "bf16"})
     if unknown_dtypes:
         parser.error(f"--dtypes: unknown {', '.join(unknown_dtypes)}; allowed: fp32, fp16, bf16")
-    unknown = sorted(set(args.only) - set(BENCHMARKS))
+    unknown = sorted(set(args.only) - set(BENCHMARKS) - set(EXTRA_BENCHMARKS))
     if unknown:
-        parser.error(f"--only: unknown benchmark(s) {', '.join(unknown)}; allowed: {', '.join(BENCHMARKS)}")
+        parser.error(f"--only: unknown benchmark(s) {', '.join(unknown)}; allowed: {', '.join(BENCHMARKS + EXTRA_BENCHMARKS)}")
+    try:
+        args.worlds = tuple(int(w) for w in args.worlds.split(",")) if args.worlds else None
+    except ValueError:
+        parser.error(f"--worlds: expected comma-separated integers, got {args.worlds!r}")
     return args
 
 
@@ -140,6 +149,16 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     return merged
 
 
+def run_sharded(args: argparse.Namespace) -> dict[str, Any]:
+    from kdharness.bench.sharded import DEFAULTS, QUICK, bench_sharded
+
+    grid = {**(QUICK if args.quick else DEFAULTS), **args.grid_overrides}
+    if args.worlds:
+        grid["worlds"] = args.worlds
+    return bench_sharded(**grid, warmup=_warmup(args, 1), repeats=_repeats(args, 5, 10),
+                         threads=args.threads or 1, progress=_log)
+
+
 # ----------------------------------------------------------------------------- printing
 
 
@@ -208,6 +227,25 @@ def print_retrieval(record: dict[str, Any]) -> None:
         print(f"skipped: {s['device']} M={s['bank_size']} D={s['dim']} {s['dtype']}: {s['reason']}")
 
 
+def print_sharded(record: dict[str, Any]) -> None:
+    from kdharness.bench import format_table
+
+    print(f"\nSharded vs replicated bank: in-context part of one step (retrieval + selected rows), K={record['k']}, "
+          f"N={record['n']}, {record['backend']}, slowest rank, median of {record['repeats']} (IQR)")
+    rows = []
+    for c in record["cases"]:
+        ratio = c["ratio_sharded_to_replicated"]
+        rows.append([
+            c["world"], c["bank_size"], c["dim"], c["batch_per_rank"], c["dtype"],
+            f"{c['replicated_ms']['median']:.1f}", f"{c['sharded_ms']['median']:.1f}",
+            f"{ratio['median']:.2f}", f"{ratio['q1']:.2f}-{ratio['q3']:.2f}",
+            _bytes(c["bank_bytes_per_rank"]["replicated"]), _bytes(c["bank_bytes_per_rank"]["sharded"]),
+            f"{c['received_bytes_per_step']['total'] / 2**10:.0f} KiB",
+        ])
+    print(format_table(["W", "bank M", "D", "b/rank", "dtype", "replicated ms", "sharded ms", "x repl.", "x IQR",
+                        "bank/rank repl.", "bank/rank sharded", "received/step"], rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -228,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": hardware,
         "results": {},
     }
-    runners = {"step": (run_step, print_step), "bank": (run_bank, print_bank), "retrieval": (run_retrieval, print_retrieval)}
+    runners = {"step": (run_step, print_step), "bank": (run_bank, print_bank), "retrieval": (run_retrieval, print_retrieval),
+               "sharded": (run_sharded, print_sharded)}
     for name in args.only:
         run, show = runners[name]
         result = run(args)
