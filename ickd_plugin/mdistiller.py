@@ -17,7 +17,10 @@ what mdistiller hard-codes:
   ``get_dataset`` that builds CRD's loaders and an ``ICKD`` that receives their ``num_data``
   (only the module's own names are replaced; mdistiller's registries and files are untouched);
 * ``LOG.WANDB True`` without wandb installed becomes False with a note (mdistiller's own
-  fallback assigns to the frozen config and stops).
+  fallback assigns to the frozen config and stops);
+* ICKD with several visible GPUs stops before anything is built: train.py wraps the
+  distiller in ``DataParallel`` over all of them, which splits the images but not the
+  dataset indices ICKD needs (one GPU per run: ``CUDA_VISIBLE_DEVICES=0``).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import os
 import sys
 from types import ModuleType
 from typing import Any, Sequence
+
+import torch
 
 import ickd_plugin
 
@@ -85,6 +90,17 @@ def register_into_mdistiller() -> tuple[Any, Any, Any]:
     cfg = importlib.import_module("mdistiller.engine.cfg").CFG
     ickd_plugin.register(distiller_dict, cfg, trainer_dict)
     return distiller_dict, cfg, trainer_dict
+
+
+def check_devices(cfg: Any) -> None:
+    """Refuse ICKD under mdistiller's multi-GPU DataParallel (it would fail at the first step)."""
+    count = torch.cuda.device_count()
+    if cfg.DISTILLER.TYPE == "ICKD" and count > 1:
+        raise SystemExit(
+            f"DISTILLER.TYPE ICKD: mdistiller's train.py wraps the distiller in DataParallel over all "
+            f"{count} visible GPUs, which splits each batch's images but not their dataset indices; "
+            f"run on one GPU, e.g. CUDA_VISIBLE_DEVICES=0"
+        )
 
 
 def uses_crd_base(cfg: Any) -> bool:
@@ -159,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg.merge_from_file(args.cfg)
     cfg.merge_from_list(args.opts)
     adapt_config(cfg)
+    check_devices(cfg)
     if uses_crd_base(cfg):
         patch_for_crd_base(train)
     cfg.freeze()

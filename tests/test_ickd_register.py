@@ -432,6 +432,12 @@ def test_launcher_runs_plain_kd_unchanged(mdistiller, tmp_path) -> None:
     assert type(trainer).__name__ == "BaseTrainer" and len(trainer.losses) == 3
 
 
+def test_launcher_refuses_ickd_on_several_gpus(mdistiller, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SystemExit, match=r"DataParallel over all 2 visible GPUs.*CUDA_VISIBLE_DEVICES=0"):
+        _launch(tmp_path, tmp_path, 'DISTILLER:\n  TYPE: "ICKD"\n')
+
+
 def test_launcher_names_a_missing_checkout(tmp_path) -> None:
     from ickd_plugin.mdistiller import main
 
