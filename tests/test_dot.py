@@ -222,6 +222,6 @@ def test_ddp_refuses_distillation_only_parameters(tmp_path, monkeypatch):
     trainer, loader = _trainer(tmp_path, OFD(student, teacher, get_cfg_defaults()))
     # dot.py alone believes it runs under DDP (the base trainer's own checks stay single-process).
     monkeypatch.setattr(dot_module, "distributed", SimpleNamespace(is_distributed=lambda: True))
-    monkeypatch.setattr(dot_module, "average_over_ranks", lambda tensors: None)  # one process stands in
+    monkeypatch.setattr(dot_module, "average_over_ranks", lambda tensors: tensors)  # one process stands in
     with pytest.raises(RuntimeError, match=r"no task \(loss_ce\) gradient \(connectors\.connectors\.0\.0\.weight"):
         trainer._run_step(next(iter(loader)), epoch=1, step=0)

@@ -160,11 +160,13 @@ class DOTTrainer(BaseTrainer):
     def _backward_and_step(self, terms: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
         task, kd = split_losses(terms)
         self.optimizer.zero_grad(set_to_none=True)
-        params = self.optimizer.param_groups[0]["params"]
+        params = [p for p in self.optimizer.param_groups[0]["params"] if p.requires_grad]
         if kd.requires_grad:
-            grads = torch.autograd.grad(kd, params, retain_graph=True, allow_unused=True)
+            grads = list(torch.autograd.grad(kd, params, retain_graph=True, allow_unused=True))
             if distributed.is_distributed():
-                average_over_ranks([g for g in grads if g is not None])
+                present = [i for i, g in enumerate(grads) if g is not None]
+                for i, mean in zip(present, average_over_ranks([grads[i] for i in present])):
+                    grads[i] = mean
             for p, grad in zip(params, grads):
                 p.grad = grad
         self.optimizer.step_kd()
@@ -185,17 +187,14 @@ class DOTTrainer(BaseTrainer):
             )
 
 
-def average_over_ranks(tensors: list[torch.Tensor]) -> None:
-    """In place: each tensor becomes its mean over the ranks (one all-reduce of a flat copy)."""
+def average_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's mean over the ranks, as new tensors (one all-reduce of a flat copy)."""
     if not tensors:
-        return
+        return []
     flat = torch.cat([t.reshape(-1) for t in tensors])
     torch.distributed.all_reduce(flat)
     flat /= torch.distributed.get_world_size()
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
+    return [chunk.view_as(t) for chunk, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 # mdistiller's CRD+DOT trainer only differs in passing contrastive indices, which ours always do.
