@@ -87,6 +87,12 @@ def test_split_losses():
     assert task.item() == 1.0 and kd.item() == 2.5
     with pytest.raises(ValueError, match="loss_ce"):
         split_losses({"loss_ce": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match="loss_ce"):
+        split_losses({"loss_kd": torch.tensor(1.0)})
+    # ICKD online: the teacher's cross-entropy is a task term too, its mutual KD a distillation term.
+    online = dict(terms, loss_teacher_ce=torch.tensor(4.0), loss_teacher_kd=torch.tensor(8.0))
+    task, kd = split_losses(online)
+    assert task.item() == 5.0 and kd.item() == 10.5
 
 
 def _trainer(tmp_path, distiller, **solver):
@@ -225,3 +231,27 @@ def test_ddp_refuses_distillation_only_parameters(tmp_path, monkeypatch):
     monkeypatch.setattr(dot_module, "average_over_ranks", lambda tensors: tensors)  # one process stands in
     with pytest.raises(RuntimeError, match=r"no task \(loss_ce\) gradient \(connectors\.connectors\.0\.0\.weight"):
         trainer._run_step(next(iter(loader)), epoch=1, step=0)
+
+
+def test_ickd_on_kd_trains_with_dot(tmp_path):
+    """ICKD's terms join the distillation side; the hooks (bank) run as under the base trainer."""
+    from test_distributed import MLP, make_cfg, make_datasets
+
+    from kdharness.data.loaders import build_loaders
+    from kdharness.registry import distiller_dict
+
+    cfg = make_cfg(tmp_path, 16, "ickd_dot").clone()
+    cfg.defrost()
+    cfg.SOLVER.TRAINER = "dot"
+    cfg.freeze()
+    train_set, val_set = make_datasets()
+    train_loader, val_loader = build_loaders(cfg, train_set, val_set)
+    torch.manual_seed(1)
+    student, teacher = MLP(), MLP(hidden=10)
+    teacher.requires_grad_(False)
+    initial = copy.deepcopy(student.state_dict())
+    distiller = distiller_dict["ICKD"](student, teacher, cfg, num_data=len(train_set))
+    summary = trainer_dict["dot"](cfg.EXPERIMENT.NAME, distiller, train_loader, val_loader, cfg).train()
+    assert summary["complete"] and summary["method"] == "ICKD+KD+DOT"
+    assert distiller.bank.is_built
+    assert all(not torch.equal(v, student.state_dict()[k]) for k, v in initial.items())

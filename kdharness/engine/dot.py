@@ -22,8 +22,9 @@ distillation-only parameter's first step); the optimizer's state (``momentum_buf
 mdistiller's too, so its checkpoints resume here.
 
 Trainers ``dot`` and ``crd_dot`` (mdistiller's names; ours pass contrastive indices in
-both): the task loss is the ``loss_ce`` term, the distillation loss the sum of all others
-(mdistiller requires exactly ``loss_ce`` and ``loss_kd``). Under DDP (ours; mdistiller's DOT
+both): the task loss is the ``loss_ce`` term (plus ``loss_teacher_ce``, the cross-entropy of
+an online ICKD teacher), the distillation loss the sum of all others (mdistiller requires
+exactly ``loss_ce`` and ``loss_kd``). Under DDP (ours; mdistiller's DOT
 is single-process) the distillation gradients are taken with ``torch.autograd.grad``, which
 DDP's gradient hooks do not see, and averaged over the ranks by one all-reduce; the task
 backward is DDP's own, so under DDP every parameter the distillation loss reaches must also
@@ -42,7 +43,8 @@ from kdharness.engine import distributed
 from kdharness.engine.trainer import BaseTrainer, unwrap
 from kdharness.registry import register_trainer
 
-TASK_TERM = "loss_ce"
+# Cross-entropy on the labels: the student's, and an online-trained teacher's (ICKD online).
+TASK_TERMS = ("loss_ce", "loss_teacher_ce")
 
 
 class DistillationOrientedTrainer(torch.optim.Optimizer):
@@ -126,14 +128,17 @@ class DistillationOrientedTrainer(torch.optim.Optimizer):
 
 
 def split_losses(terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(task loss, distillation loss) of a distiller's loss dict: ``loss_ce`` and the sum of the rest."""
-    if TASK_TERM not in terms or len(terms) < 2:
+    """(task loss, distillation loss) of a distiller's loss dict: the sum of the ``TASK_TERMS``
+    present (``loss_ce`` must be) and the sum of the rest."""
+    task_names = [name for name in terms if name in TASK_TERMS]
+    if "loss_ce" not in terms or len(terms) == len(task_names):
         raise ValueError(
-            f"SOLVER.TRAINER dot needs a {TASK_TERM!r} term and at least one distillation term; the "
+            f"SOLVER.TRAINER dot needs a 'loss_ce' term and at least one distillation term; the "
             f"distiller returned {sorted(terms)} (DISTILLER.TYPE NONE has nothing to distil)"
         )
-    kd = sum(value for name, value in terms.items() if name != TASK_TERM)
-    return terms[TASK_TERM], kd
+    task = sum(terms[name] for name in task_names)
+    kd = sum(value for name, value in terms.items() if name not in TASK_TERMS)
+    return task, kd
 
 
 @register_trainer("dot")
