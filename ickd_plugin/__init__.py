@@ -9,7 +9,9 @@ One call plugs it in::
     ickd_plugin.register(distiller_dict, CFG, trainer_dict)
 
 after which ``DISTILLER.TYPE: ICKD`` (with ``SOLVER.TRAINER: ickd`` on mdistiller) trains
-IC-KD on top of the distiller named by ``ICKD.BASE``. kdharness calls `register` itself
+IC-KD on top of the distiller named by ``ICKD.BASE``. With an unmodified mdistiller
+checkout, ``python -m ickd_plugin.mdistiller --mdistiller PATH --cfg CFG`` does that call and
+runs mdistiller's own ``tools/train.py`` (`ickd_plugin.mdistiller`). kdharness calls `register` itself
 through its ``kdharness.plugins`` entry point. The package never imports its host.
 """
 from __future__ import annotations
