@@ -103,7 +103,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(fashion_fixture
 
     opts = _kd_resume_opts(fashion_fixture, tmp_path / "b", teacher)
     cmd = [sys.executable, str(REPO / "tools" / "train.py"), "--cfg", str(RESUME_CFG), *opts]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # the killed run must sum in the same order as the straight one: same thread count
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = Path(straight["log_path"].replace(str(tmp_path / "a"), str(tmp_path / "b"))) / "latest"
     deadline = time.time() + 120
