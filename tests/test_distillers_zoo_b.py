@@ -333,3 +333,21 @@ def test_losses_stay_float32_under_autocast(name: str):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, losses = distiller(image=torch.randn(2, 3, 32, 32), target=torch.randint(0, 10, (2,)), epoch=30)
     assert losses["loss_kd"].dtype == torch.float32 and torch.isfinite(losses["loss_kd"])
+
+
+@pytest.mark.parametrize("path", [p for p in MY_CONFIGS if p.startswith("configs/imagenet/") and "/dot/" not in p])
+def test_imagenet_configs_build_and_step_at_224(path: str):
+    """The ImageNet configs' channel/shape lists fit the models: one step on two 224x224 images."""
+    from kdharness.compose import load_config
+    from kdharness.models import create_model
+
+    cfg = load_config(os.path.join(REPO, path))
+    torch.manual_seed(0)
+    student = create_model(cfg.DISTILLER.STUDENT, "imagenet", 10)
+    teacher = create_model(cfg.DISTILLER.TEACHER, "imagenet", 10).requires_grad_(False)
+    distiller = distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg)
+    distiller.train()
+    _, losses = distiller(image=torch.randn(2, 3, 224, 224), target=torch.tensor([1, 2]), epoch=1)
+    assert set(losses) == {"loss_ce", "loss_kd"} and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
