@@ -240,8 +240,17 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
     return {f"{p}.{k}": v.clone() for p, slots in state.items() for k, v in slots.items() if torch.is_tensor(v)}
 
 
-def test_a_skipped_step_leaves_weights_running_stats_and_optimizer_as_before(fashion_root, tmp_path):
-    trainer = _build(VANILLA_CFG, _opts(fashion_root, tmp_path, "SOLVER.NAN_POLICY", "skip"))
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return write_teacher_checkpoint(tmp_path_factory.mktemp("teacher") / "res14.pth", "resnet14", "fashion_mnist", 10)
+
+
+@pytest.mark.parametrize("config", ["vanilla/res8.yaml", "crd/res14_res8.yaml", "ickd_online/res14_res8.yaml"])
+def test_a_skipped_step_leaves_weights_buffers_and_optimizer_as_before(config, fashion_root, teacher, tmp_path, capsys):
+    """Every buffer: BatchNorm statistics (student and online teacher), CRD's memory rows and constants."""
+    opts = _opts(fashion_root, tmp_path, "SOLVER.NAN_POLICY", "skip", "DISTILLER.TEACHER_WEIGHTS", str(teacher),
+                 "CRD.NCE.K", "16", "ICKD.BANK.CACHE_DIR", str(tmp_path / "bank"))
+    trainer = _build(FASHION / config, opts)
     poisoned_step = 2  # after two real steps: the momentum buffers exist and have moved
     _poison(trainer, {poisoned_step})
     seen = {}
@@ -266,8 +275,32 @@ def test_a_skipped_step_leaves_weights_running_stats_and_optimizer_as_before(fas
     for name in optim_before:
         assert torch.equal(optim_before[name], optim_after[name]), name
     assert seen["result"] is None  # and so no after_step hook for it
+    assert "cannot be put back" not in capsys.readouterr().out
     for name, value in unwrap(trainer.distiller).student.state_dict().items():
         assert torch.isfinite(value.float()).all(), name
+
+
+def test_step_state_snapshot_restores_norm_small_and_per_sample_buffers_and_names_the_rest():
+    from kdharness.engine.step_state import SMALL_NUMEL, StepStateSnapshot
+
+    module = torch.nn.Module()
+    module.bn = torch.nn.BatchNorm1d(3)
+    module.register_buffer("constants", torch.tensor([1.0, -1.0]))
+    module.register_buffer("memory", torch.arange(50 * 40, dtype=torch.float32).view(50, 40))  # 50 samples
+    module.register_buffer("table", torch.zeros(SMALL_NUMEL + 1))
+    before = {name: value.clone() for name, value in module.state_dict().items()}
+    snapshot = StepStateSnapshot(module, num_samples=50)
+    snapshot.take(torch.tensor([3, 7, 7]))
+    module.train()
+    module.bn(torch.randn(4, 3))  # running stats and num_batches_tracked move
+    module.constants.fill_(float("nan"))
+    module.memory[[3, 7]] = float("nan")
+    module.table[0] = 1.0
+    assert snapshot.restore() == ["table"]
+    after = module.state_dict()
+    for name in ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked", "constants", "memory"):
+        assert torch.equal(after[name], before[name]), name
+    assert not torch.equal(after["table"], before["table"])
 
 
 def test_a_skipped_step_writes_nothing_into_the_teacher_free_bank(fashion_root, tmp_path):

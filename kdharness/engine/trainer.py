@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from kdharness.engine import distributed, run_dir
 from kdharness.engine.checkpoint import atomic_write_bytes, save_checkpoint
-from kdharness.engine.norm_stats import RunningStatsSnapshot
+from kdharness.engine.step_state import StepStateSnapshot
 from kdharness.engine.diagnostics import DiagnosticsLog
 from kdharness.engine.run_info import run_metadata
 from kdharness.engine.utils import (
@@ -115,8 +115,10 @@ class BaseTrainer:
             # CPU autocast would mean bfloat16, which most CPUs run slower than float32.
             print(log_msg(f"SOLVER.AMP applies to CUDA only; on {self.device.type} this run stays in float32", "WARN"))
         self.hooks: list[Any] = list(getattr(unwrap(distiller), "trainer_hooks", lambda: [])())
-        # BatchNorm running statistics, copied before each forward so a skipped step can undo them.
-        self._running_stats = RunningStatsSnapshot(unwrap(distiller))
+        # What a forward changes in the buffers (BatchNorm statistics, CRD's memory rows), copied
+        # before each step so that a skipped one can be undone.
+        dataset = getattr(train_loader, "dataset", None)
+        self._step_state = StepStateSnapshot(unwrap(distiller), len(dataset) if dataset is not None else 0)
         self.diagnostics = DiagnosticsLog(unwrap(distiller))  # the distiller's optional diagnostics()
         self._stop_signal: int | None = None
         self._resumed_from: str | None = None
@@ -366,7 +368,7 @@ class BaseTrainer:
         batch = self._batch_to_device(data)
         self.meters["data_time"].update(time.time() - start)
         self.optimizer.zero_grad(set_to_none=True)
-        self._running_stats.take()
+        self._step_state.take(batch.get("index"))
         with torch.autocast(device_type=self.device.type, enabled=self.scaler.is_enabled()):
             try:
                 preds, losses_dict = self.distiller(**batch, epoch=epoch)
@@ -421,7 +423,9 @@ class BaseTrainer:
         values = {name: float(term.detach()) for name, term in terms.items()}
         where = f"epoch {epoch}, step {step} (global step {self.global_step + 1}), loss terms {values}"
         self.optimizer.zero_grad(set_to_none=True)
-        self._running_stats.restore()
+        unrestored = self._step_state.restore()
+        if unrestored and self.is_main:
+            print(log_msg(f"the non-finite step changed buffers that cannot be put back: {', '.join(unrestored)}", "WARN"))
         limit = self.cfg.SOLVER.NAN_MAX_SKIPS
         if self.cfg.SOLVER.NAN_POLICY == "skip" and self.skipped_steps < limit:
             self.skipped_steps += 1
