@@ -297,6 +297,7 @@ class ICKD(DistillerBase):
             self.bank.build(
                 model, classifier, view, self.opts.bank_batch_size, int(getattr(trainer.train_loader, "num_workers", 0)),
                 device, key=key, cache_dir=self.opts.cache_dir if offline and self.opts.use_cache else None,
+                resume_state=getattr(trainer, "resume_state", None),
             )
             self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
             return

@@ -89,6 +89,7 @@ class ShardedMemoryBank(nn.Module):
         self.checkpoint_dir: str | None = None  # where the online bank's rows go at each checkpoint
         self._last_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # global (index, query)
         self.loaded_from = "none"  # "build", "cache" or "checkpoint": how the rows were last set
+        self._rows_step = -1  # the checkpoint step whose rows the bank holds (-1: none)
         for name, dtype_ in (("inv_norms", torch.float32), ("labels", torch.long), ("indices", torch.long),
                              ("class_counts", torch.long)):
             self.register_buffer(name, torch.empty(0, dtype=dtype_), persistent=False)
@@ -192,13 +193,25 @@ class ShardedMemoryBank(nn.Module):
         device: torch.device,
         key: str | None = None,
         cache_dir: str | None = None,
+        resume_state: dict | None = None,
     ) -> None:
-        """Fill this rank's rows: from the shard cache in ``cache_dir`` if every rank finds a
-        valid one for ``key``, else by one pass over this rank's part of ``dataset`` (and write
-        this rank's cache file)."""
+        """Fill this rank's rows: from the rows saved with the checkpoint being resumed
+        (``resume_state``, the host's; online), else from the shard cache in ``cache_dir`` if
+        every rank finds a valid one for ``key``, else by one pass over this rank's part of
+        ``dataset`` (and write this rank's cache file)."""
         rank, world = dist_world()
         total = len(dataset)
         start, stop = shard_bounds(total, rank, world)
+        step = _checkpoint_step_of(resume_state)
+        if step >= 0 and self.checkpoint_dir:
+            saved = load_shard_rows(os.path.join(self.checkpoint_dir, f"step{step}"), _step_key(step), total, start, stop,
+                                    warn=False)
+            found = _all_reduce(torch.tensor([int(saved is not None)]), dist.ReduceOp.MIN)
+            if int(found.item()):  # otherwise a pass, and loading the checkpoint says what is missing
+                self.fill_shard(*saved, classifier.out_features, total, device, key=key)  # type: ignore[misc]
+                self.checkpoint_step.fill_(step)
+                self.loaded_from, self._rows_step = "checkpoint", step
+                return
         cached = load_shard_rows(cache_dir, key, total, start, stop) if cache_dir and key else None
         if world > 1 and cache_dir and key:  # every rank must take the same branch (filling is collective)
             found = _all_reduce(torch.tensor([int(cached is not None)]), dist.ReduceOp.MIN)
@@ -245,6 +258,7 @@ class ShardedMemoryBank(nn.Module):
         rows, new = rows[owned], queries.to(self.features.device)[owned]
         if rows.numel() == 0:
             return
+        self._rows_step = -1  # the rows no longer are those of a saved checkpoint
         updated = (momentum * self.features[rows].float() + (1.0 - momentum) * new.float()).to(self.dtype)
         self.features[rows] = updated
         self.inv_norms[rows] = _inverse_norms(updated)
@@ -273,8 +287,8 @@ class ShardedMemoryBank(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         step = int(self.checkpoint_step.item())
-        if prefix + "checkpoint_step" not in state_dict or step < 0:
-            return
+        if prefix + "checkpoint_step" not in state_dict or step < 0 or step == self._rows_step:
+            return  # no rows to read, or already read by `build` from the checkpoint being resumed
         if self.checkpoint_dir is None or not self.is_built:
             raise RuntimeError(
                 "ICKD.BANK.SHARDED: a checkpoint's bank rows are read from the run directory; build the "
@@ -294,13 +308,23 @@ class ShardedMemoryBank(nn.Module):
         self.features = features.to(device=device, dtype=self.dtype)
         self.inv_norms = _inverse_norms(self.features)
         self.labels = labels.to(device)
-        self.loaded_from = "checkpoint"
+        self.loaded_from, self._rows_step = "checkpoint", step
 
 
 def checkpoint_dir_for(trainer: Any) -> str | None:
     """``<run dir>/ickd_bank_shards`` of a trainer with a ``log_path`` (kdharness', mdistiller's), else None."""
     log_path = getattr(trainer, "log_path", None)
     return os.path.join(log_path, CHECKPOINT_SUBDIR) if log_path else None
+
+
+def _checkpoint_step_of(state: Any) -> int:
+    """The sharded bank's ``checkpoint_step`` in a host checkpoint's ``model`` state (-1 if none)."""
+    model = state.get("model") if isinstance(state, dict) else None
+    if isinstance(model, dict):
+        for name, value in model.items():
+            if name.endswith("bank.checkpoint_step") and torch.is_tensor(value):
+                return int(value)
+    return -1
 
 
 def _step_key(step: int) -> str:
