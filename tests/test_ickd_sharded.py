@@ -446,3 +446,39 @@ def test_bench_sharded_record() -> None:
     assert case["world"] == 2 and len(case["samples_s"]["sharded"]) == 2
     assert case["bank_bytes_per_rank"]["sharded"] < 0.6 * case["bank_bytes_per_rank"]["replicated"]
     assert case["received_bytes_per_step"]["candidates"] == 1 * 2 * 4 * 4 * 12
+
+
+def test_shard_files_are_resliced_and_a_bad_set_is_not_used(tmp_path: Path) -> None:
+    """Files written by 3 ranks, read by one process (any slice); a missing or corrupt file spoils the set."""
+    from ickd_plugin.sharded_bank import load_shard_rows, save_shard_rows, shard_path
+
+    rows, key = 10, "k" * 64
+    features = torch.arange(rows * 3, dtype=torch.float16).view(rows, 3)
+    labels, indices = torch.arange(rows) % 3, torch.arange(rows)
+    for source in range(3):
+        first, last = shard_bounds(rows, source, 3)  # [0, 3), [3, 6), [6, 10)
+        save_shard_rows(shard_path(str(tmp_path), key, source, 3), key, rows, first, last,
+                        features[first:last], labels[first:last], indices[first:last])
+    for start, stop in ((0, rows), (2, 7), (6, 10)):
+        got = load_shard_rows(str(tmp_path), key, rows, start, stop)
+        assert got is not None
+        for value, want in zip(got, (features, labels, indices)):
+            assert torch.equal(value, want[start:stop])
+    assert load_shard_rows(str(tmp_path), "x" * 64, rows, 0, rows) is None  # another key: no set
+    middle = Path(shard_path(str(tmp_path), key, 1, 3))
+    data = bytearray(middle.read_bytes())
+    position = data.find(features[3:6].numpy().tobytes())  # the stored rows' bytes
+    assert position > 0
+    data[position] ^= 0xFF
+    middle.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="checksum mismatch"):
+        assert load_shard_rows(str(tmp_path), key, rows, 2, 7) is None
+    assert load_shard_rows(str(tmp_path), key, rows, 6, 10) is not None  # that slice does not need the bad file
+    middle.unlink()
+    assert load_shard_rows(str(tmp_path), key, rows, 6, 10) is None  # an incomplete set is never used
+
+
+def test_sharded_bank_refuses_rows_out_of_index_order() -> None:
+    bank = ShardedMemoryBank()
+    with pytest.raises(ValueError, match="ascending dataset-index order"):
+        bank.fill_shard(torch.randn(3, 4), torch.tensor([0, 1, 0]), torch.tensor([3, 1, 2]), 2, 3, "cpu")
