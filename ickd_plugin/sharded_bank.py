@@ -289,11 +289,13 @@ class ShardedMemoryBank(nn.Module):
         step = int(self.checkpoint_step.item())
         if prefix + "checkpoint_step" not in state_dict or step < 0 or step == self._rows_step:
             return  # no rows to read, or already read by `build` from the checkpoint being resumed
-        if self.checkpoint_dir is None or not self.is_built:
-            raise RuntimeError(
-                "ICKD.BANK.SHARDED: a checkpoint's bank rows are read from the run directory; build the "
-                "bank (the trainer's before_train hook) before loading the checkpoint"
+        if self.checkpoint_dir is None or not self.is_built:  # e.g. a tool loading the networks' weights
+            warnings.warn(
+                f"ICKD.BANK.SHARDED: this checkpoint's bank rows (global step {step}) are in its run directory "
+                f"({CHECKPOINT_SUBDIR}/step{step}/) and are read when the trainer builds the bank; a bank built "
+                "otherwise comes from a filling pass", stacklevel=2,
             )
+            return
         directory = os.path.join(self.checkpoint_dir, f"step{step}")
         rows = load_shard_rows(directory, _step_key(step), self.total_rows, self.start, self.stop, warn=False)
         if rows is None:
@@ -444,7 +446,7 @@ def load_shard_rows(
                 break
             pieces.append(tuple(payload[name][lo - first : hi - first] for name in ("features", "labels", "indices")))
         if ok and sum(p[0].shape[0] for p in pieces) == stop - start and pieces:
-            return tuple(torch.cat([p[i] for p in pieces]).clone() for i in range(3))  # type: ignore[return-value]
+            return tuple(torch.cat([p[i] for p in pieces]) for i in range(3))  # type: ignore[return-value]  # cat copies
     return None
 
 

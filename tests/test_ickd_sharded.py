@@ -482,3 +482,11 @@ def test_sharded_bank_refuses_rows_out_of_index_order() -> None:
     bank = ShardedMemoryBank()
     with pytest.raises(ValueError, match="ascending dataset-index order"):
         bank.fill_shard(torch.randn(3, 4), torch.tensor([0, 1, 0]), torch.tensor([3, 1, 2]), 2, 3, "cpu")
+
+
+def test_a_checkpoint_loaded_before_the_bank_is_built_says_where_its_rows_are() -> None:
+    """A tool that loads a run checkpoint into a fresh distiller (no trainer, no run directory) gets a warning."""
+    bank = ShardedMemoryBank(persistent=True)
+    with pytest.warns(UserWarning, match="ickd_bank_shards/step7/"):
+        bank.load_state_dict({"checkpoint_step": torch.tensor(7)})
+    assert not bank.is_built and int(bank.checkpoint_step) == 7
