@@ -42,7 +42,9 @@ from ickd_plugin.memory_bank import (
     _inverse_norms,
     _update_with_tensor,
     class_row_table,
+    describe_bank,
     dist_world,
+    report,
     shard_bounds,
 )
 
@@ -211,6 +213,7 @@ class ShardedMemoryBank(nn.Module):
                 self.fill_shard(*saved, classifier.out_features, total, device, key=key)  # type: ignore[misc]
                 self.checkpoint_step.fill_(step)
                 self.loaded_from, self._rows_step = "checkpoint", step
+                self._report()
                 return
         cached = load_shard_rows(cache_dir, key, total, start, stop) if cache_dir and key else None
         if world > 1 and cache_dir and key:  # every rank must take the same branch (filling is collective)
@@ -231,6 +234,13 @@ class ShardedMemoryBank(nn.Module):
                             self.features, self.labels, self.indices)
             if world > 1:
                 dist.barrier()  # the set is complete before any rank looks for it again
+        self._report()
+
+    def _report(self) -> None:
+        how = {"build": "filled by a pass over its rows", "cache": "read from the shard cache",
+               "checkpoint": "read from the checkpoint's shard files"}[self.loaded_from]
+        report(f"memory bank: sharded over {self.world} rank(s), {self.total_rows} rows; rank 0 holds rows "
+               f"[{self.start}, {self.stop}), {how}: {describe_bank(self.features)}")
 
     # ------------------------------------------------------------------ rows
 
