@@ -33,9 +33,11 @@ ICKD_KD_CFG_REL = "configs/fashion_mnist/ickd_kd/res14_res8.yaml"  # as the READ
 N_TRAIN, N_TEST = 400, 200
 BATCH_SIZE = 16
 TEACHER_EPOCHS, STUDENT_EPOCHS = 2, 3
-# Thresholds, far below the calibrated minima (chance is 10 %).
+# Thresholds, far below the calibrated minima (chance is 10 %). Calibration of 2026-12-01, 40 runs
+# (seeds 0-9 x 1, 2 threads x default, portable kernels; docs/reliability.md): the teacher's best
+# top-1 was 90-100 % (median 100), the student's last top-1 60.5-100 % (median 90).
 TEACHER_MIN_TOP1 = 40.0
-STUDENT_MIN_TOP1 = 40.0
+STUDENT_MIN_TOP1 = 30.0
 
 
 def texture_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
