@@ -26,12 +26,26 @@ TINY_CIFAR = [
 
 
 def write_teacher_checkpoint(path: Path, model_name: str, dataset: str, num_classes: int) -> Path:
-    """A randomly initialised teacher saved the way mdistiller saves its teachers."""
+    """A randomly initialised teacher saved the way mdistiller saves its teachers.
+
+    Its BatchNorm running statistics are first set from a few random batches (train-mode
+    forwards, no weight update), as any trained teacher's are: with the default statistics
+    (mean 0, variance 1) a deep untrained network in eval mode amplifies its activations
+    layer after layer (resnet110's reach ~1e8), which a feature loss such as VID squares to inf.
+    """
     from kdharness.models import create_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(123)
     model = create_model(model_name, dataset, num_classes)
+    size = 224 if dataset == "imagenet" else 64 if dataset == "tiny_imagenet" else 32
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, size, size))
     save_checkpoint({"model": model.state_dict(), "epoch": 240}, str(path))
     return path
 
