@@ -601,24 +601,15 @@ def cache_path(cache_dir: str, key: str) -> str:
     return os.path.join(cache_dir, f"bank_{key[:32]}.pt")
 
 
-def _payload_checksum(features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> str:
+def _payload_checksum(*tensors: torch.Tensor) -> str:
     digest = hashlib.sha256()
-    for tensor in (features, labels, indices):
+    for tensor in tensors:
         _update_with_tensor(digest, tensor)
     return digest.hexdigest()
 
 
-def save_bank_cache(path: str, key: str, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-    """Write atomically: a temporary file, fsync, then os.replace (readers never see half a file)."""
-    features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
-    payload = {
-        "format": CACHE_FORMAT,
-        "key": key,
-        "checksum": _payload_checksum(features, labels, indices),
-        "features": features,
-        "labels": labels,
-        "indices": indices,
-    }
+def atomic_torch_save(payload: dict[str, Any], path: str) -> None:
+    """`torch.save` to a temporary file, fsync, then os.replace: readers never see half a file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -630,6 +621,20 @@ def save_bank_cache(path: str, key: str, features: torch.Tensor, labels: torch.T
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_bank_cache(path: str, key: str, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+    """Write the offline bank's cache file atomically, with a checksum of its tensors."""
+    features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
+    payload = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "checksum": _payload_checksum(features, labels, indices),
+        "features": features,
+        "labels": labels,
+        "indices": indices,
+    }
+    atomic_torch_save(payload, path)
 
 
 def load_bank_cache(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:

@@ -23,7 +23,6 @@ a class table of those rows; the global class sizes (``[C]``) are the only globa
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 import shutil
@@ -40,7 +39,8 @@ from ickd_plugin.memory_bank import (
     MemoryBank,
     _IndexedView,
     _inverse_norms,
-    _update_with_tensor,
+    _payload_checksum,
+    atomic_torch_save,
     class_row_table,
     describe_bank,
     dist_world,
@@ -392,13 +392,6 @@ def shard_path(directory: str, key: str, rank: int, world: int) -> str:
     return os.path.join(directory, f"bank_{key[:32]}.shard{rank:04d}of{world:04d}.pt")
 
 
-def _checksum(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        _update_with_tensor(digest, tensor)
-    return digest.hexdigest()
-
-
 def save_shard_rows(
     path: str, key: str, total: int, start: int, stop: int,
     features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
@@ -406,19 +399,9 @@ def save_shard_rows(
     """Write one shard's rows atomically (temporary file, fsync, rename), with a checksum."""
     features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
     payload = {"format": SHARD_FORMAT, "key": key, "total": total, "start": start, "stop": stop,
-               "checksum": _checksum(features, labels, indices),
+               "checksum": _payload_checksum(features, labels, indices),
                "features": features, "labels": labels, "indices": indices}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save(payload, path)
 
 
 def _shard_sets(directory: str, key: str) -> list[int]:
@@ -475,7 +458,7 @@ def _read_shard(path: str, key: str, total: int, start: int, stop: int, warn: bo
         if not isinstance(payload, dict) or payload.get(name) != value:
             reject(f"{name} is {payload.get(name) if isinstance(payload, dict) else None!r}, expected {value!r}")
             return None
-    if _checksum(payload["features"], payload["labels"], payload["indices"]) != payload.get("checksum"):
+    if _payload_checksum(payload["features"], payload["labels"], payload["indices"]) != payload.get("checksum"):
         reject("checksum mismatch (the file is corrupt)")
         return None
     return payload
