@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The Fashion-MNIST experiment of docs/results/fashion_mnist.md, CPU only (about 80 minutes
+# The first Fashion-MNIST experiment (docs/results/fashion_mnist_2026-11.md), superseded by
+# scripts/fashion_mnist_study.sh. CPU only (about 80 minutes
 # on an idle 2-core machine with two copies of this script running side by side; they share
 # the runs). Needs the teacher of scripts/quickstart.sh. Re-running continues where it stopped.
 set -euo pipefail

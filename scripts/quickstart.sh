@@ -4,7 +4,7 @@
 # top of KD (the method this project exists for), then the comparison table.
 # Installs what it needs first. Runs land in ./output/fashion_mnist; finished runs are skipped
 # when the script runs again. One seed is a smoke test of the pipeline, not a verdict on the
-# method: docs/results/fashion_mnist.md has three seeds per method and their paired comparison.
+# method: docs/results/fashion_mnist.md is the study with many seeds and paired comparisons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install.sh
