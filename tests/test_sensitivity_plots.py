@@ -109,7 +109,7 @@ def test_parse_experiment_and_flatten():
 
 
 def test_bookkeeping_keys_cover_the_run_name_exclusions():
-    from kdharness.engine.build import NON_NAMING_KEYS
+    from kdharness.engine.run_dir import NON_NAMING_KEYS
 
     assert all(key.startswith(BOOKKEEPING_KEYS) for key in NON_NAMING_KEYS)
 

@@ -21,19 +21,11 @@ from kdharness.data import build_datasets, build_loaders
 from kdharness.distillers._base import TEACHER_NONE, TEACHER_PRETRAINED
 from kdharness.engine import distributed
 from kdharness.engine.trainer import BaseTrainer  # noqa: F401  (registers the base trainer)
+from kdharness.engine.run_dir import NON_NAMING_KEYS
 from kdharness.engine.utils import log_msg, seed_everything
 from kdharness.models import create_model
 from kdharness.models.weights import load_weights, resolve_teacher_path
 from kdharness.registry import distiller_dict, trainer_dict
-
-
-# Overrides that say where things are or how fast they run, not what is trained: left out of
-# the run directory's name (mdistiller appends every override, so a path would nest folders).
-NON_NAMING_KEYS = (
-    "LOG.", "DATASET.ROOT", "DATASET.NUM_WORKERS", "DATASET.PIN_MEMORY", "DATASET.PERSISTENT_WORKERS",
-    "DATASET.DOWNLOAD", "DATASET.TEST.BATCH_SIZE", "DISTILLER.TEACHER_WEIGHTS", "ICKD.BANK.CACHE_DIR",
-    "ICKD.BANK.DEVICE",
-)
 
 
 def experiment_name(cfg, opts: Sequence[str] = ()) -> str:

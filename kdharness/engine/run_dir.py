@@ -32,14 +32,17 @@ RUN_FILES = ("summary.json", "worklog.txt", "latest", "latest.prev", "best", "st
 # Left in place when a run is set aside: the live trainer holds its lock on this file.
 KEEP_ON_SET_ASIDE = ("run.lock",)
 SET_ASIDE_MARK = ".old-"
-# Config keys that may differ between a run and its resume: where files are and how fast
-# things run (a moved dataset, more loader workers), the NaN policy, and SOLVER.EPOCHS (to
-# extend a finished run; the epochs already trained keep their history).
-RESUMABLE_KEY_PREFIXES = (
+# Overrides that say where things are or how fast they run, not what is trained: left out of
+# the run directory's name (mdistiller appends every override, so a path would nest folders).
+NON_NAMING_KEYS = (
     "LOG.", "DATASET.ROOT", "DATASET.NUM_WORKERS", "DATASET.PIN_MEMORY", "DATASET.PERSISTENT_WORKERS",
     "DATASET.DOWNLOAD", "DATASET.TEST.BATCH_SIZE", "DISTILLER.TEACHER_WEIGHTS", "ICKD.BANK.CACHE_DIR",
-    "ICKD.BANK.DEVICE", "SOLVER.NAN_", "SOLVER.EPOCHS",
+    "ICKD.BANK.DEVICE",
 )
+# Config keys that may differ between a run and its resume: those above (a moved dataset, more
+# loader workers), the NaN policy, and SOLVER.EPOCHS (to extend a finished run; the epochs
+# already trained keep their history).
+RESUMABLE_KEY_PREFIXES = NON_NAMING_KEYS + ("SOLVER.NAN_", "SOLVER.EPOCHS")
 
 
 class ExistingRunError(ValueError):

@@ -69,7 +69,7 @@ ICKD_ALL = Param("ICKD.ALL_SAME_CLASS", "IC-KD-all")
 MIN_VALUES = 4  # values per panel in the paper's Figs. 4 and 5; fewer is reported
 
 # Config keys that say where or how fast a run happened, not what it trained: not compared
-# between a run and its centre. Covers kdharness.engine.build.NON_NAMING_KEYS (tested).
+# between a run and its centre. Covers kdharness.engine.run_dir.NON_NAMING_KEYS (tested).
 BOOKKEEPING_KEYS = (
     "EXPERIMENT.", "LOG.", "DATASET.ROOT", "DATASET.NUM_WORKERS", "DATASET.PIN_MEMORY",
     "DATASET.PERSISTENT_WORKERS", "DATASET.DOWNLOAD", "DATASET.TEST.BATCH_SIZE",
