@@ -91,6 +91,12 @@ def test_step_time_record() -> None:
         ickd = record["methods"][method]
         assert ickd["bank_rows"] == 400 and ickd["bank_dim"] == 64  # resnet8's pooled width
         assert {"loss_picd", "loss_nicd"} <= set(ickd["loss_terms"])
+        # paired against its own base, repetition by repetition
+        base = record["methods"][method.split("+")[1]]["samples_ms"]
+        ratios = sorted(a / b for a, b in zip(ickd["samples_ms"], base))
+        assert ickd["base"] == method.split("+")[1]
+        assert ickd["ratio_to_base"] == pytest.approx(sum(ratios) / 2, rel=1e-9)  # the median of two
+    assert "ratio_to_base" not in record["methods"]["KD"]
     assert record["hardware"]["torch_threads"] >= 1
     json.dumps(record)
 

@@ -176,9 +176,10 @@ def print_step(record: dict[str, Any]) -> None:
             f"{r['iqr_ms']:.1f}",
             f"{r['ratio_to_kd']:.3f}",
             f"{r['ratio_q1']:.3f}-{r['ratio_q3']:.3f}",
+            f"{r['ratio_to_base']:.3f} ({r['ratio_to_base_q1']:.3f}-{r['ratio_to_base_q3']:.3f})" if "ratio_to_base" in r else "",
             f"{r['method_state_bytes'] / 2**20:.1f}",
         ])
-    print(format_table(["method", "ms/step", "IQR ms", "x KD", "x KD IQR", "state MiB"], rows))
+    print(format_table(["method", "ms/step", "IQR ms", "x KD", "x KD IQR", "x its base (IQR)", "state MiB"], rows))
 
 
 def print_bank(record: dict[str, Any]) -> None:

@@ -78,6 +78,11 @@ def resolve_pair(name: str | Pair, config_root: Path = CONFIG_ROOT) -> Pair:
     raise ValueError(f"--pair {name!r}: no configs for it; known pairs: {', '.join(known)}")
 
 
+def ickd_base_of(method: str) -> str | None:
+    """``"ICKD+X"`` -> ``"X"``, the base whose step ICKD's is compared with; None otherwise."""
+    return method.split("+", 1)[1] if method.startswith("ICKD+") else None
+
+
 def method_config(method: str, pair: Pair, config_root: Path = CONFIG_ROOT) -> tuple[Path, list[str]]:
     """(YAML file, extra overrides) that configure ``method`` for ``pair``.
 
@@ -280,6 +285,11 @@ def bench_step_time(
             "samples_ms": [t * 1e3 for t in times[method]],
             **details[method],
         }
+        base = ickd_base_of(method)
+        if base in times:  # ICKD+X against X itself, paired the same way
+            to_base = paired_ratios({method: times[method], base: times[base]}, base)[method]
+            results[method].update(base=base, ratio_to_base=to_base["median"], ratio_to_base_q1=to_base["q1"],
+                                   ratio_to_base_q3=to_base["q3"])
     return {
         "benchmark": "step_time",
         "pair": pair_spec.name,
