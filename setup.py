@@ -11,7 +11,7 @@ setup(
     description="In-Context Knowledge Distillation as a plugin for an mdistiller-compatible harness",
     python_requires=">=3.10",
     packages=find_packages(include=["kdharness", "kdharness.*", "ickd_plugin", "ickd_plugin.*"]),
-    package_data={"kdharness": ["reference/*.csv", "reference/mdistiller_state_dicts/*.json"]},
+    package_data={"kdharness": ["reference/*.csv", "reference/*.json", "reference/*/*.json"]},
     install_requires=[
         "torch>=2.1,<3",
         "torchvision>=0.16",
