@@ -16,6 +16,8 @@ from yacs.config import CfgNode as CN
 PARADIGMS = ("offline", "online", "teacher_free")
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BANK_DEVICES = ("auto", "cpu", "cuda")
+# Where the retrieval query comes from (docs/method.md, "Retrieval"): this step's augmented view, or the bank row.
+QUERIES = ("augmented", "clean")
 
 # Smallest ICKD.TAU: cosine similarities lie in [-1, 1], so S / TAU is finite for any normal float32 TAU.
 MIN_TAU = torch.finfo(torch.float32).tiny
@@ -38,6 +40,7 @@ def get_ickd_defaults() -> CN:
     node.PICD_WEIGHT = 1.0  # gamma_picd
     node.NICD_WEIGHT = 0.1  # gamma_nicd
     node.ALL_SAME_CLASS = False  # IC-KD-all: every same-class sample is a positive
+    node.QUERY = "augmented"  # retrieval query: "augmented" (this step's view) | "clean" (the sample's own bank row)
     node.WARMUP = 20  # epochs of linear ramp of both terms (0 = none), as DKD
     node.ONLINE = CN()
     node.ONLINE.CE_WEIGHT = 1.0  # teacher's cross-entropy (online paradigm)
@@ -80,6 +83,7 @@ class ICKDOptions:
     cache_dir: str
     use_cache: bool
     bank_sharded: bool = False
+    query: str = "augmented"
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -132,6 +136,11 @@ def parse_ickd_config(node: CN, registry: Mapping[str, Any] | None = None) -> IC
     if node.BANK.SHARDED and node.ALL_SAME_CLASS:
         _fail("BANK.SHARDED", node.BANK.SHARDED, "not supported with ICKD.ALL_SAME_CLASS True (IC-KD-all weighs every "
               "same-class row); set ICKD.BANK.SHARDED False or ICKD.ALL_SAME_CLASS False")
+    if node.QUERY not in QUERIES:
+        _fail("QUERY", node.QUERY, f"allowed: {', '.join(QUERIES)}")
+    if node.QUERY == "clean" and node.BANK.SHARDED:
+        _fail("QUERY", node.QUERY, "'clean' reads the sample's own bank row, which a sharded bank holds on one rank "
+              "only; set ICKD.QUERY augmented or ICKD.BANK.SHARDED False")
     if node.BANK.CHUNK_SIZE < 0:
         _fail("BANK.CHUNK_SIZE", node.BANK.CHUNK_SIZE, "expected an integer >= 0 (0 = automatic)")
     return ICKDOptions(
@@ -157,4 +166,5 @@ def parse_ickd_config(node: CN, registry: Mapping[str, Any] | None = None) -> IC
         cache_dir=str(node.BANK.CACHE_DIR),
         use_cache=bool(node.BANK.USE_CACHE),
         bank_sharded=bool(node.BANK.SHARDED),
+        query=str(node.QUERY),
     )

@@ -422,6 +422,15 @@ class ICKD(DistillerBase):
             self._pending_refresh = (index, query)
         return logits_student, losses
 
+    def _clean_query(self, index: torch.Tensor) -> torch.Tensor:
+        """ICKD.QUERY clean: each sample's own bank row, the un-augmented feature the bank holds for it."""
+        rows = self.bank.rows_for(index)
+        if bool((rows < 0).any()):
+            missing = index[(rows < 0).to(index.device)].tolist()[:5]
+            raise ValueError(f"ICKD.QUERY clean: dataset indices {missing} have no bank row; the bank must hold "
+                             "every training sample (or set ICKD.QUERY augmented)")
+        return self.bank.features[rows].float()
+
     def in_context_losses(
         self,
         query: torch.Tensor,
@@ -437,6 +446,8 @@ class ICKD(DistillerBase):
         # Retrieval and the in-context logits are constants of the step: no graph, and full
         # precision even under autocast, so that the ranking does not depend on AMP.
         with torch.no_grad(), torch.autocast(device_type=logits_student.device.type, enabled=False):
+            if opts.query == "clean":
+                query = self._clean_query(index)
             if isinstance(bank, ShardedMemoryBank):  # candidates per shard, merged; the rows sent by their owners
                 found, positives, negatives = sharded_retrieve(
                     bank, query.to(device), target, index, opts.k, opts.n, chunk_size=opts.bank_chunk_size

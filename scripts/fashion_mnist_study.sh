@@ -5,7 +5,8 @@
 #   bash scripts/fashion_mnist_study.sh pilot         # vanilla and KD, seeds 100-103: the seed std
 #   bash scripts/fashion_mnist_study.sh main          # the pre-registered comparison, seeds 0-7 / 0-4
 #   bash scripts/fashion_mnist_study.sh sensitivity   # Figures 4 and 5: one ICKD.* key at a time, seeds 0-1
-#   bash scripts/fashion_mnist_study.sh fig2          # IC-KD vs IC-KD-all on a second pair, seeds 0-1
+#   bash scripts/fashion_mnist_study.sh fig2          # IC-KD vs IC-KD-all on two pairs, seeds 0-1
+#   bash scripts/fashion_mnist_study.sh variants      # labelled variants of our choices (ICKD.QUERY clean), seeds 0-4
 #   bash scripts/fashion_mnist_study.sh paradigms     # online ICKD vs DML, teacher-free vs vanilla, seeds 0-4
 #   bash scripts/fashion_mnist_study.sh report        # tables, paired tests and figures
 #
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 C=configs/fashion_mnist_study
 S="python3 tools/sweep.py"
-phase=${1:?"usage: $0 teacher|pilot|main|sensitivity|fig2|paradigms|report"}
+phase=${1:?"usage: $0 teacher|pilot|main|sensitivity|fig2|variants|paradigms|report"}
 case "$phase" in
   teacher)  # trained once (59 min on a busy 2-core VM); its weights are committed beside its summary
     t=output/fmnist_study/teacher_res14 committed=docs/results/runs/fmnist_study/teacher_res14
@@ -43,15 +44,20 @@ case "$phase" in
         "ICKD.NICD_WEIGHT 0.0" "ICKD.NICD_WEIGHT 0.5" "ICKD.NICD_WEIGHT 1.0"; do
       $S --seeds 0 1 --cfg $C/ickd_kd/res14_res8.yaml LOG.PREFIX ./output/fmnist_sensitivity $override
     done ;;
-  fig2)
-    $S --seeds 0 1 --cfg $C/ickd_kd/res14_res8.yaml $C/ickd_all_kd/res14_res8.yaml $C/kd/res14_res8.yaml \
-      LOG.PREFIX ./output/fmnist_fig2 DISTILLER.STUDENT wrn_16_1 ;;
+  fig2)  # IC-KD-all as an ICKD.ALL_SAME_CLASS override, so leaderboard --sensitivity pairs it with IC-KD
+    $S --seeds 0 1 --cfg $C/ickd_kd/res14_res8.yaml $C/ickd_kd/res14_wrn16_1.yaml LOG.PREFIX ./output/fmnist_fig2 \
+      ICKD.ALL_SAME_CLASS True
+    $S --seeds 0 1 --cfg $C/ickd_kd/res14_wrn16_1.yaml $C/kd/res14_wrn16_1.yaml LOG.PREFIX ./output/fmnist_fig2 ;;
+  variants)  # issue 14 section 6: labelled variants of our choices, seeds 0-4, paired with the main ICKD+KD runs
+    $S --seeds 0 1 2 3 4 --cfg $C/ickd_kd/res14_res8.yaml LOG.PREFIX ./output/fmnist_variants ICKD.QUERY clean ;;
   paradigms)
     $S --seeds 0 1 2 3 4 --cfg $C/ickd_teacher_free/res8.yaml $C/ickd_online/res14_res8.yaml $C/dml/res14_res8.yaml ;;
-  report)
-    python3 tools/leaderboard.py output/fmnist_study --plot docs/results/fashion_mnist.png
-    python3 tools/leaderboard.py output/fmnist_study --compare-ickd
-    python3 tools/leaderboard.py output/fmnist_study --compare KD vanilla
-    python3 tools/leaderboard.py output/fmnist_sensitivity output/fmnist_study --sensitivity docs/results ;;
-  *) echo "error: unknown phase '$phase'; expected teacher|pilot|main|sensitivity|fig2|paradigms|report" >&2; exit 2 ;;
+  report)  # from the committed summaries (collect finished runs first: docs/results/fashion_mnist.md section 2)
+    R=docs/results/runs
+    python3 tools/leaderboard.py $R/fmnist_study --plot docs/results/fashion_mnist.png
+    python3 tools/leaderboard.py $R/fmnist_study --compare KD vanilla --compare-ickd --compare IC-KD-all+KD ICKD+KD
+    python3 tools/leaderboard.py $R/fmnist_study $R/fmnist_variants --by label \
+      --compare "ickd_kd_res14_res8,ICKD.QUERY:clean" ickd_kd_res14_res8
+    python3 tools/leaderboard.py $R/fmnist_sensitivity $R/fmnist_fig2 $R/fmnist_study --sensitivity docs/results ;;
+  *) echo "error: unknown phase '$phase'; expected teacher|pilot|main|sensitivity|fig2|variants|paradigms|report" >&2; exit 2 ;;
 esac

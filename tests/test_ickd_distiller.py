@@ -362,6 +362,7 @@ def test_warmup_scales_in_context_terms() -> None:
         ("BANK.DTYPE", "float64", "ICKD.BANK.DTYPE"),
         ("BANK.DEVICE", "tpu", "ICKD.BANK.DEVICE"),
         ("ONLINE.CE_WEIGHT", -1.0, "ICKD.ONLINE.CE_WEIGHT"),
+        ("QUERY", "mixed", "ICKD.QUERY.*allowed: augmented, clean"),
     ],
 )
 def test_config_validation_names_the_key(key: str, value: object, match: str) -> None:
@@ -374,3 +375,28 @@ def test_teacher_free_requires_base_none_and_offline_requires_teacher() -> None:
         make_ickd(BASE="KD", PARADIGM="teacher_free", teacher=False)
     with pytest.raises(ValueError, match="teacher"):
         make_ickd(BASE="NONE", PARADIGM="offline", teacher=False)
+
+
+def test_clean_query_retrieves_with_the_samples_own_bank_row() -> None:
+    augmented, clean = make_ickd(BASE="KD"), make_ickd(BASE="KD", QUERY="clean")
+    for distiller in (augmented, clean):
+        trainer = make_trainer(distiller)
+        distiller.trainer_hooks()[0].before_train(trainer)
+    _, target, index = first_batch(trainer)
+    torch.manual_seed(1)
+    logits, own = torch.randn(len(index), NUM_CLASSES), torch.randn(len(index), NUM_CLASSES)
+    bank_rows = augmented.bank.features[augmented.bank.rows_for(index)].float()
+    classifier = augmented.teacher.fc
+    expected = augmented.in_context_losses(bank_rows, target, index, logits, own, classifier)
+    unrelated = 100 * torch.randn_like(bank_rows)
+    # "clean" ignores the query it is given and uses the bank row; "augmented" uses what it is given.
+    assert all(map(torch.equal, clean.in_context_losses(unrelated, target, index, logits, own, classifier), expected))
+    moved = augmented.in_context_losses(unrelated, target, index, logits, own, classifier)
+    assert not all(map(torch.equal, moved, expected))
+    with pytest.raises(ValueError, match=r"ICKD.QUERY clean: dataset indices \[99\]"):
+        clean.in_context_losses(bank_rows[:1], target[:1], torch.tensor([99]), logits[:1], own[:1], classifier)
+
+
+def test_clean_query_is_refused_with_a_sharded_bank() -> None:
+    with pytest.raises(ValueError, match="ICKD.QUERY.*ICKD.BANK.SHARDED"):
+        make_ickd(QUERY="clean", **{"BANK.SHARDED": True})

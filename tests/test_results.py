@@ -273,6 +273,10 @@ def test_paired_comparison_matches_hand_computation():
     assert result.ci_low == pytest.approx(2 - half, abs=1e-8) and result.ci_high == pytest.approx(2 + half, abs=1e-8)
     assert result.p_value == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)  # df=2 closed form: 0.0742
     assert not result.beyond_noise and result.verdict("ICKD+KD", "KD") == "no difference beyond seed noise"
+    # MDD at 80 % power: (t_{0.975,2} + t_{0.8,2}) s / sqrt(n); df = 2 has t_p = (2p-1)/sqrt(2p(1-p)).
+    t80 = 0.6 / math.sqrt(2 * 0.8 * 0.2)
+    assert result.mdd() == pytest.approx((4.302652729 + t80) / math.sqrt(3), rel=1e-8)
+    assert result.mdd(power=0.5) == pytest.approx(half, rel=1e-8)  # t_{0.5} = 0: the CI's half-width
 
     clear = paired_comparison([72.0, 73.0, 74.0, 73.5, 72.5], [70.0, 71.2, 71.9, 71.4, 70.6])
     assert clear.ci_low > 0 and clear.verdict("A", "B") == "A > B beyond seed noise"
@@ -286,6 +290,7 @@ def test_paired_comparison_degenerate_cases():
     assert "too few seeds" in one.verdict()
     same = paired_comparison([71.0, 72.0], [70.0, 71.0])  # identical differences: exact gain
     assert (same.std_diff, same.ci_low, same.ci_high, same.p_value) == (0.0, 1.0, 1.0, 0.0)
+    assert one.mdd() is None and same.mdd() == 0.0
     with pytest.raises(ValueError, match="equally long"):
         paired_comparison([1.0, 2.0], [1.0])
 

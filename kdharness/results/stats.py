@@ -157,6 +157,21 @@ class PairedComparison:
         """True when the confidence interval of the mean difference excludes 0."""
         return self.ci_low is not None and self.ci_high is not None and (self.ci_low > 0 or self.ci_high < 0)
 
+    def mdd(self, power: float = 0.8) -> float | None:
+        """Minimum detectable difference: the true mean difference that this paired t test
+        (two-sided, alpha = 1 - confidence) finds with probability `power`, given the observed
+        std of the differences: (t_{1-alpha/2, n-1} + t_{power, n-1}) * s / sqrt(n).
+
+        It says how large an effect "no difference beyond seed noise" can still hide.
+        """
+        if self.std_diff is None or self.n < 2:
+            return None
+        if not 0.0 < power < 1.0:
+            raise ValueError(f"power must be in (0, 1); got {power}")
+        df = self.n - 1
+        quantiles = t_ppf(0.5 + self.confidence / 2.0, df) + t_ppf(power, df)
+        return quantiles * self.std_diff / math.sqrt(self.n)
+
     def verdict(self, name_a: str = "A", name_b: str = "B") -> str:
         if self.n < 2:
             return f"n={self.n}: too few seeds to judge"

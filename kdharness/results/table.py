@@ -141,21 +141,22 @@ def render_comparison_markdown(comparisons: Sequence[MethodComparison], a: str, 
     lines = [
         f"## {_escape(a)} vs {_escape(b)}: {_METRIC_TITLE.get(metric, metric)}, paired by seed",
         "",
-        f"| Dataset | Teacher | Student | n | Mean diff | Std diff | {level} CI | p (two-sided) | Verdict | Note |",
-        "|:--|:--|:--|--:|--:|--:|--:|--:|:--|:--|",
+        f"| Dataset | Teacher | Student | n | Mean diff | Std diff | {level} CI | MDD (80% power) | p (two-sided) | Verdict | Note |",
+        "|:--|:--|:--|--:|--:|--:|--:|--:|--:|:--|:--|",
     ]
     for c in comparisons:
         r = c.result
         if r is None:
-            numbers = [MISSING_MD] * 5
+            numbers = [MISSING_MD] * 6
         else:
             ci = MISSING_MD if r.ci_low is None or r.ci_high is None else f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
             std = MISSING_MD if r.std_diff is None else f"{r.std_diff:.2f}"
-            numbers = [str(r.n), _signed(r.mean_diff), std, ci, _p(r.p_value)]
+            mdd = r.mdd()
+            numbers = [str(r.n), _signed(r.mean_diff), std, ci, MISSING_MD if mdd is None else f"{mdd:.2f}", _p(r.p_value)]
         cells = [c.dataset, c.teacher, c.student, *numbers, _escape(_verdict(r, a, b)), _escape(c.note)]
         lines.append("| " + " | ".join(cells) + " |")
     if not comparisons:
-        lines.append(f"| – | – | – | – | – | – | – | – | no pair has both {_escape(a)} and {_escape(b)} | |")
+        lines.append(f"| – | – | – | – | – | – | – | – | – | no pair has both {_escape(a)} and {_escape(b)} | |")
     lines += ["", summary_line(comparisons, a, b), ""]
     return "\n".join(lines)
 
@@ -170,7 +171,7 @@ def render_comparison_csv(comparisons: Sequence[MethodComparison], a: str, b: st
     if header:
         writer.writerow(
             ["dataset", "teacher", "student", "a", "b", "n", "seeds", "mean_diff", "std_diff", "ci_low", "ci_high",
-             "confidence", "t", "p_value", "verdict", "note"]
+             "confidence", "t", "p_value", "mdd_80", "verdict", "note"]
         )
     for c in comparisons:
         r = c.result
@@ -179,8 +180,9 @@ def render_comparison_csv(comparisons: Sequence[MethodComparison], a: str, b: st
             _number(r.confidence), _number(r.t),
         ]
         p_value = "" if r is None else _number(r.p_value)
+        mdd = "" if r is None else _number(r.mdd())
         writer.writerow(
             [c.dataset, c.teacher, c.student, a, b, numbers[0], " ".join(map(str, c.seeds)), *numbers[1:], p_value,
-             _verdict(r, a, b), c.note]
+             mdd, _verdict(r, a, b), c.note]
         )
     return out.getvalue()
