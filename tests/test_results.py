@@ -341,3 +341,23 @@ def test_online_ickd_is_compared_with_dml_not_offline_kd(tmp_path):
         write_summary(tmp_path, method, method=method)
     board = aggregate(load_summaries([str(tmp_path)])[0])
     assert sorted(ickd_baselines(board)) == [("ICKD(online)+KD", "DML"), ("ICKD+KD", "KD")]
+
+
+def test_ic_kd_all_is_its_own_column_beside_ickd_and_compared_with_its_base(tmp_path):
+    from ickd_plugin import get_ickd_defaults
+    from kdharness.config import get_cfg_defaults
+    from kdharness.engine.trainer import method_name
+
+    cfg = get_cfg_defaults()
+    cfg.DISTILLER.TYPE, cfg.ICKD = "ICKD", get_ickd_defaults()
+    assert method_name(cfg) == "ICKD+KD"
+    cfg.ICKD.ALL_SAME_CLASS = True
+    assert method_name(cfg) == "IC-KD-all+KD"
+    cfg.ICKD.PARADIGM = "online"
+    assert method_name(cfg) == "IC-KD-all(online)+KD"
+    for method in ("IC-KD-all+KD", "KD", "ICKD+KD", "DKD", "IC-KD-all(online)+KD", "DML"):
+        write_summary(tmp_path, method, method=method)
+    board = aggregate(load_summaries([str(tmp_path)])[0])
+    order = [board.columns.index(name) for name in ("KD", "ICKD+KD", "IC-KD-all+KD", "DKD")]
+    assert order == sorted(order), board.columns
+    assert sorted(ickd_baselines(board)) == [("IC-KD-all(online)+KD", "DML"), ("IC-KD-all+KD", "KD"), ("ICKD+KD", "KD")]

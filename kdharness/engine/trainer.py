@@ -543,7 +543,7 @@ TRAINER_METHOD_SUFFIX = {"dot": "+DOT", "crd_dot": "+DOT"}
 
 
 def method_name(cfg) -> str:
-    """The leaderboard column of a run: "KD", "DKD", "ICKD+DKD", "ICKD(online)+KD", "KD+DOT", ..."""
+    """The leaderboard column of a run: "KD", "DKD", "ICKD+DKD", "ICKD(online)+KD", "IC-KD-all+KD", "KD+DOT", ..."""
     return _loss_method_name(cfg) + TRAINER_METHOD_SUFFIX.get(cfg.SOLVER.TRAINER, "")
 
 
@@ -555,5 +555,6 @@ def _loss_method_name(cfg) -> str:
     if cfg.ICKD.PICD_WEIGHT == 0 and cfg.ICKD.NICD_WEIGHT == 0:
         # ICKD's code path without its terms is the paradigm's own baseline.
         return {"online": "DML", "teacher_free": "vanilla"}.get(paradigm, cfg.ICKD.BASE)
-    name = "ICKD" if paradigm == "offline" else f"ICKD({paradigm})"
+    name = "IC-KD-all" if cfg.ICKD.ALL_SAME_CLASS else "ICKD"  # the paper's name for all same-class positives
+    name = name if paradigm == "offline" else f"{name}({paradigm})"
     return name if cfg.ICKD.BASE == "NONE" else f"{name}+{cfg.ICKD.BASE}"

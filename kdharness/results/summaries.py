@@ -268,12 +268,21 @@ class Leaderboard:
         return [column for column in self.columns if column in present]
 
 
+# Method names of ICKD runs (kdharness.engine.trainer.method_name): Top-K, then the paper's IC-KD-all.
+ICKD_METHOD_PREFIXES = ("ICKD", "IC-KD-all")
+
+
+def ickd_kind(name: str) -> int:
+    """0 for a method without ICKD, 1 for ICKD (Top-K positives), 2 for IC-KD-all."""
+    return next((rank for rank, prefix in enumerate(ICKD_METHOD_PREFIXES, 1) if name.startswith(prefix)), 0)
+
+
 def method_order(name: str) -> tuple[int, int, str]:
-    """KD, ICKD+KD, DKD, ICKD+DKD, ...: each baseline beside ICKD added to it."""
-    is_ickd = name.startswith("ICKD")
-    base = name.split("+", 1)[1] if is_ickd and "+" in name else ("" if is_ickd else name)
+    """KD, ICKD+KD, IC-KD-all+KD, DKD, ICKD+DKD, ...: each baseline beside ICKD added to it."""
+    kind = ickd_kind(name)
+    base = name.split("+", 1)[1] if kind and "+" in name else ("" if kind else name)
     rank = _BASE_ORDER.index(base) if base in _BASE_ORDER else len(_BASE_ORDER)
-    return (rank, int(is_ickd), base if rank == len(_BASE_ORDER) else name)
+    return (rank, kind, base if rank == len(_BASE_ORDER) else name)
 
 
 def _make_cell(runs: list[RunSummary], metric: Metric) -> Cell:
@@ -409,8 +418,8 @@ def ickd_baselines(board: Leaderboard) -> list[tuple[str, str]]:
     available = set(board.columns) | ({VANILLA} if any(VANILLA in row.cells for row in board.rows) else set())
     pairs = []
     for column in board.columns:
-        if column.startswith("ICKD"):
-            if column.startswith("ICKD(online)"):
+        if ickd_kind(column):
+            if "(online)" in column:
                 base = "DML"
             else:
                 base = column.split("+", 1)[1] if "+" in column else VANILLA
