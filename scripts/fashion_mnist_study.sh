@@ -57,7 +57,9 @@ case "$phase" in
   report)  # from the committed summaries (collect finished runs first: docs/results/fashion_mnist.md section 2)
     R=docs/results/runs L="python3 tools/leaderboard.py"
     $L $R/fmnist_study --plot docs/results/fashion_mnist.png
-    $L $R/fmnist_study --compare KD vanilla --compare-ickd --compare IC-KD-all+KD ICKD+KD
+    $L $R/fmnist_study --compare KD vanilla --compare ICKD+KD KD --compare ICKD+DKD DKD --compare ICKD vanilla \
+      --compare IC-KD-all+KD ICKD+KD   # the pre-registered comparisons 1-5
+    $L $R/fmnist_study --compare IC-KD-all+KD KD --compare ICKD KD --compare DKD KD --compare CRD KD --compare CRD vanilla
     $L $R/fmnist_paradigms $R/fmnist_study/vanilla_res8,* --compare-ickd
     $L $R/fmnist_variants $R/fmnist_study/ickd_kd_res14_res8,* --by label \
       --compare "ickd_kd_res14_res8,ICKD.QUERY:clean" ickd_kd_res14_res8
