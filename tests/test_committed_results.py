@@ -44,8 +44,10 @@ STUDY_TABLES = {
     ],
     "paradigms": lambda: [*_runs("fmnist_paradigms"), *_runs("fmnist_study", "vanilla_res8,*"), "--compare-ickd"],
     "variants": lambda: [
-        *_runs("fmnist_variants"), *_runs("fmnist_study", "ickd_kd_res14_res8,*"), "--by", "label",
-        "--compare", "ickd_kd_res14_res8,ICKD.QUERY:clean", "ickd_kd_res14_res8",
+        *_runs("fmnist_variants"), *_runs("fmnist_study", "ickd_kd_res14_res8,*"), *_runs("fmnist_study", "kd_res14_res8,*"),
+        "--by", "label", "--compare", "ickd_kd_res14_res8,ICKD.QUERY:clean", "ickd_kd_res14_res8",
+        "--compare", "ickd_kd_res14_res8,ICKD.BETA2:0.5", "ickd_kd_res14_res8",
+        "--compare", "ickd_kd_res14_res8,ICKD.BETA2:0.5", "kd_res14_res8",
     ],
 }
 
