@@ -63,3 +63,20 @@ def test_fashion_mnist_study_tables_are_the_leaderboard_of_the_committed_runs(na
     doc = (REPO / "docs/results/fashion_mnist.md").read_text()
     missing = [row for row in rows if row not in doc]
     assert not missing, f"{name}: rows not in docs/results/fashion_mnist.md (rerun the report and paste):\n" + "\n".join(missing)
+
+
+def test_fashion_mnist_sensitivity_tables_are_the_leaderboard_of_the_committed_runs(tmp_path):
+    if not _runs("fmnist_sensitivity"):
+        pytest.skip("no committed runs in docs/results/runs/fmnist_sensitivity yet")
+    centre = [*_runs("fmnist_study", "ickd_kd_res14_res8,EXPERIMENT.SEED:[01]"), *_runs("fmnist_study", "kd_res14_res8,EXPERIMENT.SEED:[01]")]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "leaderboard.py"), *_runs("fmnist_sensitivity"), *_runs("fmnist_fig2"), *centre,
+         "--sensitivity", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "best top-1" not in line]
+    assert len(rows) >= 24, out  # six keys x four values at least
+    doc = (REPO / "docs/results/fashion_mnist.md").read_text()
+    missing = [row for row in rows if row not in doc]
+    assert not missing, "sensitivity rows not in docs/results/fashion_mnist.md:\n" + "\n".join(missing)
+    assert {path.name for path in tmp_path.iterdir()} >= {"sensitivity_fig4.png", "sensitivity_fig5.png"}
