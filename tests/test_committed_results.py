@@ -46,6 +46,7 @@ STUDY_TABLES = {
     "variants": lambda: [
         *_runs("fmnist_variants"), *_runs("fmnist_study", "ickd_kd_res14_res8,*"), *_runs("fmnist_study", "kd_res14_res8,*"),
         "--by", "label", "--compare", "ickd_kd_res14_res8,ICKD.QUERY:clean", "ickd_kd_res14_res8",
+        "--compare", "ickd_kd_res14_res8,ICKD.QUERY:clean", "kd_res14_res8",
         "--compare", "ickd_kd_res14_res8,ICKD.PICD_WEIGHT:2.0", "ickd_kd_res14_res8",
         "--compare", "ickd_kd_res14_res8,ICKD.PICD_WEIGHT:2.0", "kd_res14_res8",
     ],
