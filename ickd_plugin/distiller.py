@@ -422,9 +422,9 @@ class ICKD(DistillerBase):
             self._pending_refresh = (index, query)
         return logits_student, losses
 
-    def _clean_query(self, index: torch.Tensor) -> torch.Tensor:
-        """ICKD.QUERY clean: each sample's own bank row, the un-augmented feature the bank holds for it."""
-        rows = self.bank.rows_for(index)
+    def _clean_query(self, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """ICKD.QUERY clean: each sample's own bank row (`rows`, from `bank.rows_for(index)`), the
+        un-augmented feature the bank holds for it."""
         if bool((rows < 0).any()):
             missing = index[(rows < 0).to(index.device)].tolist()[:5]
             raise ValueError(f"ICKD.QUERY clean: dataset indices {missing} have no bank row; the bank must hold "
@@ -446,17 +446,18 @@ class ICKD(DistillerBase):
         # Retrieval and the in-context logits are constants of the step: no graph, and full
         # precision even under autocast, so that the ranking does not depend on AMP.
         with torch.no_grad(), torch.autocast(device_type=logits_student.device.type, enabled=False):
-            if opts.query == "clean":
-                query = self._clean_query(index)
             if isinstance(bank, ShardedMemoryBank):  # candidates per shard, merged; the rows sent by their owners
-                found, positives, negatives = sharded_retrieve(
+                found, positives, negatives = sharded_retrieve(  # (ICKD.QUERY clean is refused with a sharded bank)
                     bank, query.to(device), target, index, opts.k, opts.n, chunk_size=opts.bank_chunk_size
                 )
             else:
+                own_rows = bank.rows_for(index)
+                if opts.query == "clean":
+                    query = self._clean_query(index, own_rows)
                 found = retrieve(
                     query.to(device),
                     target.to(device, non_blocking=True).long(),
-                    bank.rows_for(index),
+                    own_rows,
                     bank.features,
                     bank.inv_norms,
                     bank.class_rows,

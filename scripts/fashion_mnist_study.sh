@@ -6,7 +6,7 @@
 #   bash scripts/fashion_mnist_study.sh main          # the pre-registered comparison, seeds 0-7 / 0-4
 #   bash scripts/fashion_mnist_study.sh sensitivity   # Figures 4 and 5: one ICKD.* key at a time, seeds 0-1
 #   bash scripts/fashion_mnist_study.sh fig2          # IC-KD vs IC-KD-all on two pairs, seeds 0-1
-#   bash scripts/fashion_mnist_study.sh variants      # labelled variants of our choices (ICKD.QUERY clean), seeds 0-4
+#   bash scripts/fashion_mnist_study.sh variants      # labelled variants of our choices (ICKD.QUERY clean, gamma_picd 2)
 #   bash scripts/fashion_mnist_study.sh paradigms     # online ICKD vs DML, teacher-free vs vanilla, seeds 0-4
 #   bash scripts/fashion_mnist_study.sh report        # tables, paired tests and figures
 #

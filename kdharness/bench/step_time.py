@@ -29,6 +29,7 @@ import torch.nn as nn
 import yaml
 
 from kdharness.bench import hardware_info, paired_ratios, resolve_device, round_robin, summarize
+from kdharness.results.summaries import ickd_base
 
 METHODS: tuple[str, ...] = ("KD", "DKD", "CRD", "ICKD+KD", "ICKD+DKD")
 REFERENCE_METHOD = "KD"
@@ -76,11 +77,6 @@ def resolve_pair(name: str | Pair, config_root: Path = CONFIG_ROOT) -> Pair:
         return Pair(name, name)
     known = sorted(set(PAIRS) | {p.stem for p in (config_root / DATASET / "kd").glob("*.yaml")})
     raise ValueError(f"--pair {name!r}: no configs for it; known pairs: {', '.join(known)}")
-
-
-def ickd_base_of(method: str) -> str | None:
-    """``"ICKD+X"`` -> ``"X"``, the base whose step ICKD's is compared with; None otherwise."""
-    return method.split("+", 1)[1] if method.startswith("ICKD+") else None
 
 
 def method_config(method: str, pair: Pair, config_root: Path = CONFIG_ROOT) -> tuple[Path, list[str]]:
@@ -285,7 +281,7 @@ def bench_step_time(
             "samples_ms": [t * 1e3 for t in times[method]],
             **details[method],
         }
-        base = ickd_base_of(method)
+        base = ickd_base(method)
         if base in times:  # ICKD+X against X itself, paired the same way
             to_base = paired_ratios({method: times[method], base: times[base]}, base)[method]
             results[method].update(base=base, ratio_to_base=to_base["median"], ratio_to_base_q1=to_base["q1"],

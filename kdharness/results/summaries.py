@@ -277,10 +277,18 @@ def ickd_kind(name: str) -> int:
     return next((rank for rank, prefix in enumerate(ICKD_METHOD_PREFIXES, 1) if name.startswith(prefix)), 0)
 
 
+def ickd_base(name: str) -> str | None:
+    """The base an ICKD method adds to: "ICKD+KD" -> "KD", "IC-KD-all(online)+KD" -> "KD", "ICKD"
+    (base NONE) -> ""; None for a method without ICKD."""
+    if not ickd_kind(name):
+        return None
+    return name.split("+", 1)[1] if "+" in name else ""
+
+
 def method_order(name: str) -> tuple[int, int, str]:
     """KD, ICKD+KD, IC-KD-all+KD, DKD, ICKD+DKD, ...: each baseline beside ICKD added to it."""
-    kind = ickd_kind(name)
-    base = name.split("+", 1)[1] if kind and "+" in name else ("" if kind else name)
+    kind, base = ickd_kind(name), ickd_base(name)
+    base = name if base is None else base
     rank = _BASE_ORDER.index(base) if base in _BASE_ORDER else len(_BASE_ORDER)
     return (rank, kind, base if rank == len(_BASE_ORDER) else name)
 
@@ -419,10 +427,7 @@ def ickd_baselines(board: Leaderboard) -> list[tuple[str, str]]:
     pairs = []
     for column in board.columns:
         if ickd_kind(column):
-            if "(online)" in column:
-                base = "DML"
-            else:
-                base = column.split("+", 1)[1] if "+" in column else VANILLA
+            base = "DML" if "(online)" in column else (ickd_base(column) or VANILLA)
             if base in available:
                 pairs.append((column, base))
     return pairs
