@@ -3,6 +3,8 @@
 Each doc quotes `tools/leaderboard.py` rows verbatim; these tests rerun the leaderboard on
 `docs/results/runs/` and require every row it prints to appear in the doc unchanged.
 """
+import glob
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,57 +29,57 @@ def test_leaderboard_of_committed_runs_matches_the_2026_11_results_doc():
     assert "± 0.30 (3)" in table[0]  # ICKD+DKD over three seeds
 
 
-def _runs(folder: str, pattern: str = "*") -> list[str]:
-    return sorted(str(path) for path in (RUNS / folder).glob(pattern) if path.is_dir())
+REPORT = REPO / "configs" / "fashion_mnist_study" / "report.txt"
+OUTPUT_FLAGS = ("--plot", "--sensitivity", "--output")
 
 
-# The commands of `scripts/fashion_mnist_study.sh report` whose rows docs/results/fashion_mnist.md quotes.
-STUDY_TABLES = {
-    "main table": lambda: [str(RUNS / "fmnist_study")],
-    "pre-registered comparisons": lambda: [
-        str(RUNS / "fmnist_study"), "--compare", "KD", "vanilla", "--compare", "ICKD+KD", "KD", "--compare", "ICKD+DKD", "DKD",
-        "--compare", "ICKD", "vanilla", "--compare", "IC-KD-all+KD", "ICKD+KD",
-    ],
-    "exploratory comparisons": lambda: [
-        str(RUNS / "fmnist_study"), "--compare", "IC-KD-all+KD", "KD", "--compare", "ICKD", "KD", "--compare", "DKD", "KD",
-        "--compare", "CRD", "KD", "--compare", "CRD", "vanilla",
-    ],
-    "paradigms": lambda: [*_runs("fmnist_paradigms"), *_runs("fmnist_study", "vanilla_res8,*"), "--compare-ickd"],
-    "variants": lambda: [
-        *_runs("fmnist_variants"), *_runs("fmnist_study", "ickd_kd_res14_res8,*"), *_runs("fmnist_study", "kd_res14_res8,*"),
-        "--by", "label", "--compare", "ickd_kd_res14_res8,ICKD.QUERY:clean", "ickd_kd_res14_res8",
-        "--compare", "ickd_kd_res14_res8,ICKD.QUERY:clean", "kd_res14_res8",
-        "--compare", "ickd_kd_res14_res8,ICKD.PICD_WEIGHT:2.0", "ickd_kd_res14_res8",
-        "--compare", "ickd_kd_res14_res8,ICKD.PICD_WEIGHT:2.0", "kd_res14_res8",
-    ],
-}
+def report_commands() -> dict[str, list[str]]:
+    """The `NAME: ARGUMENTS` lines of the study's report list, as the script's `eval` would split them."""
+    commands = {}
+    for line in REPORT.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, arguments = line.partition(": ")
+            commands[name] = shlex.split(arguments)
+    return commands
 
 
-@pytest.mark.parametrize("name", sorted(STUDY_TABLES))
-def test_fashion_mnist_study_tables_are_the_leaderboard_of_the_committed_runs(name: str):
-    args = STUDY_TABLES[name]()
-    folder = {"paradigms": "fmnist_paradigms", "variants": "fmnist_variants"}.get(name)
-    if folder and not _runs(folder):
-        pytest.skip(f"no committed runs in docs/results/runs/{folder} yet")
-    rows = leaderboard_rows(*args)
-    assert rows, f"the leaderboard printed no rows for {name}"
+def expand(arguments: list[str], output_dir: Path) -> list[str]:
+    """Globs against the repository root, as bash expands them there; outputs redirected to `output_dir`."""
+    expanded = []
+    for index, token in enumerate(arguments):
+        if index and arguments[index - 1] == "--sensitivity":  # a folder
+            expanded.append(str(output_dir))
+        elif index and arguments[index - 1] in OUTPUT_FLAGS:
+            expanded.append(str(output_dir / Path(token).name))
+        elif any(char in token for char in "*?["):
+            matches = sorted(glob.glob(str(REPO / token)))
+            assert matches, f"{REPORT.name}: {token!r} matches no committed run"
+            expanded += matches
+        elif "/" in token:
+            expanded.append(str(REPO / token))
+        else:
+            expanded.append(token)
+    return expanded
+
+
+def test_report_list_names_every_study_table_and_the_script_reads_it():
+    assert len(report_commands()) == 6
+    assert "report.txt" in (REPO / "scripts" / "fashion_mnist_study.sh").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(report_commands()))
+def test_fashion_mnist_study_tables_are_the_leaderboard_of_the_committed_runs(name: str, tmp_path: Path):
+    arguments = report_commands()[name]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "leaderboard.py"), *expand(arguments, tmp_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert len(rows) >= 2, f"the leaderboard printed no table for {name}:\n{out}"
     doc = (REPO / "docs/results/fashion_mnist.md").read_text()
     missing = [row for row in rows if row not in doc]
     assert not missing, f"{name}: rows not in docs/results/fashion_mnist.md (rerun the report and paste):\n" + "\n".join(missing)
-
-
-def test_fashion_mnist_sensitivity_tables_are_the_leaderboard_of_the_committed_runs(tmp_path):
-    if not _runs("fmnist_sensitivity"):
-        pytest.skip("no committed runs in docs/results/runs/fmnist_sensitivity yet")
-    centre = [*_runs("fmnist_study", "ickd_kd_res14_res8,EXPERIMENT.SEED:[01]"), *_runs("fmnist_study", "kd_res14_res8,EXPERIMENT.SEED:[01]")]
-    out = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "leaderboard.py"), *_runs("fmnist_sensitivity"), *_runs("fmnist_fig2"), *centre,
-         "--sensitivity", str(tmp_path)],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "best top-1" not in line]
-    assert len(rows) >= 24, out  # six keys x four values at least
-    doc = (REPO / "docs/results/fashion_mnist.md").read_text()
-    missing = [row for row in rows if row not in doc]
-    assert not missing, "sensitivity rows not in docs/results/fashion_mnist.md:\n" + "\n".join(missing)
-    assert {path.name for path in tmp_path.iterdir()} >= {"sensitivity_fig4.png", "sensitivity_fig5.png"}
+    written = {path.name for path in tmp_path.iterdir()}
+    for flag, expected in (("--plot", {"fashion_mnist.png"}), ("--sensitivity", {"sensitivity_fig4.png", "sensitivity_fig5.png", "ickd_all_fig2.png"})):
+        if flag in arguments:
+            assert written >= expected, f"{name}: {flag} wrote {sorted(written)}"
