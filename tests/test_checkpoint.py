@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, checksums that catch what torch.load does not."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,3 +53,34 @@ def test_plain_state_dict_without_checksum_loads(tmp_path):
     path = tmp_path / "plain.pth"
     torch.save({"w": torch.ones(2)}, path)
     assert torch.equal(load_checkpoint(str(path))["w"], torch.ones(2))
+
+
+UNPICKLED = []
+
+
+def _record_unpickling(marker):
+    UNPICKLED.append(marker)
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (_record_unpickling, ("ran",))
+
+
+def test_object_that_would_run_code_is_refused_not_unpickled(tmp_path):
+    path = tmp_path / "latest"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "payload": _RunsCodeWhenUnpickled()}, str(path))
+    with pytest.raises(CheckpointError, match=r"(?s)could run code.*_record_unpickling"):
+        load_checkpoint(str(path))
+    assert UNPICKLED == []
+    torch.load(path, weights_only=False)  # the file itself is fine: a trusting load does run it
+    assert UNPICKLED == ["ran"]
+
+
+def test_numpy_rng_state_and_scalars_load(tmp_path):
+    path = tmp_path / "latest"
+    rng = np.random.get_state()
+    save_checkpoint({"rng": {"numpy": rng}, "best_acc": np.float64(51.5), "seen": np.arange(3)}, str(path))
+    loaded = load_checkpoint(str(path))
+    assert loaded["rng"]["numpy"][0] == "MT19937" and np.array_equal(loaded["rng"]["numpy"][1], rng[1])
+    assert loaded["best_acc"] == 51.5 and loaded["seen"].tolist() == [0, 1, 2]

@@ -150,7 +150,7 @@ def bench_sharded(
                         with tempfile.TemporaryDirectory() as tmp:
                             out = os.path.join(tmp, "rank0.pt")
                             mp.spawn(_worker, args=(world, _free_port(), case, warmup, repeats, out), nprocs=world, join=True)
-                            result = torch.load(out, weights_only=False)
+                            result = torch.load(out, weights_only=True)
                         times = result["times"]
                         element = torch.empty(0, dtype=DTYPES[dtype]).element_size()
                         traffic = received_bytes(world, batch, dim, k, n, result["remote_rows_max"], element)

@@ -7,12 +7,18 @@ its end) but not a flipped byte inside a tensor; the digest catches both.
 
 Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the
 target, and the directory is fsync'ed: a crash leaves the old file or the new one, never a mix.
+
+Loads are ``weights_only``: a checkpoint is data, and unpickling arbitrary objects could run
+code. Besides tensors and plain Python values, ours hold numpy's RNG state (one uint32 array),
+so the numpy globals that rebuild arrays and scalars are allowed, nothing else.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import pickle
+import re
 import tempfile
 from typing import Any
 
@@ -20,6 +26,27 @@ import numpy as np
 import torch
 
 CHECKSUM_KEY = "_sha256"
+
+
+def _numpy_globals() -> list[Any]:
+    """What unpickling a numpy array or scalar calls, taken from numpy itself (its module moved in 2.0)."""
+    dtypes = [np.dtype(name) for name in ("bool", "uint8", "uint32", "int32", "int64", "float32", "float64")]
+    return [
+        np.empty(0).__reduce__()[0],  # numpy's array reconstructor
+        np.float64(0).__reduce__()[0],  # numpy's scalar reconstructor
+        np.ndarray,
+        np.dtype,
+        *{type(dtype) for dtype in dtypes},
+    ]
+
+
+_NUMPY_GLOBALS = _numpy_globals()
+
+
+def _refused_global(error: Exception) -> str:
+    """The object torch's weights_only unpickler refused, from its (long) message."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)|but got (<class '[^']*'>)", str(error))
+    return f"Refused: {match.group(1) or match.group(2)}." if match else ""
 
 
 class CheckpointError(RuntimeError):
@@ -108,7 +135,16 @@ def load_checkpoint(path: str, map_location: Any = "cpu", verify: bool = True) -
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error).lower().replace(" ", "_"):
+            raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or not a torch file): {error}") from error
+        raise CheckpointError(
+            f"checkpoint {path!r} holds Python objects besides tensors, numpy arrays and plain values, so it is "
+            f"not loaded: unpickling them could run code. If you trust the file, keep its tensors with "
+            f"torch.save(torch.load(path, weights_only=False)['model'], new_path). {_refused_global(error)}"
+        ) from error
     except Exception as error:
         raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or not a torch file): {error}") from error
     if verify and isinstance(state, dict) and CHECKSUM_KEY in state:
