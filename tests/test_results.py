@@ -341,6 +341,7 @@ def test_online_ickd_is_compared_with_dml_not_offline_kd(tmp_path):
         write_summary(tmp_path, method, method=method)
     board = aggregate(load_summaries([str(tmp_path)])[0])
     assert sorted(ickd_baselines(board)) == [("ICKD(online)+KD", "DML"), ("ICKD+KD", "KD")]
+    assert board.columns == ["KD", "ICKD+KD", "ICKD(online)+KD", "DML"]  # the offline paradigm first
 
 
 def test_ic_kd_all_is_its_own_column_beside_ickd_and_compared_with_its_base(tmp_path):

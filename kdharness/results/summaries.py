@@ -285,12 +285,13 @@ def ickd_base(name: str) -> str | None:
     return name.split("+", 1)[1] if "+" in name else ""
 
 
-def method_order(name: str) -> tuple[int, int, str]:
-    """KD, ICKD+KD, IC-KD-all+KD, DKD, ICKD+DKD, ...: each baseline beside ICKD added to it."""
+def method_order(name: str) -> tuple[int, int, bool, str]:
+    """KD, ICKD+KD, ICKD(online)+KD, IC-KD-all+KD, DKD, ICKD+DKD, ...: each baseline beside ICKD
+    added to it, the offline paradigm before the online and teacher-free ones."""
     kind, base = ickd_kind(name), ickd_base(name)
     base = name if base is None else base
     rank = _BASE_ORDER.index(base) if base in _BASE_ORDER else len(_BASE_ORDER)
-    return (rank, kind, base if rank == len(_BASE_ORDER) else name)
+    return (rank, kind, "(" in name, base if rank == len(_BASE_ORDER) else name)
 
 
 def _make_cell(runs: list[RunSummary], metric: Metric) -> Cell:
@@ -363,7 +364,7 @@ def aggregate(summaries: Iterable[RunSummary], metric: Metric = "best", by: Grou
         rows.append(row)
     for (dataset, model), model_runs in sorted(teacher_runs.items()):
         warnings.extend(_duplicate_seed_warnings(f"{dataset} teacher {model}", model_runs))
-    order = method_order if by == "method" else (lambda name: (0, 0, name))
+    order = method_order if by == "method" else (lambda name: (0, 0, False, name))
     return Leaderboard(rows, sorted(columns, key=order), metric, by, warnings)
 
 
