@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -156,8 +157,17 @@ class Opaque:
 
 def test_pickled_objects_are_not_executed(tmp_path, trained):
     path = _save({"model": trained.state_dict(), "extra": Opaque()}, tmp_path / "pickled.pth")
-    with pytest.raises(CheckpointError, match="pickled.pth"):
+    with pytest.raises(CheckpointError, match=r"(?s)DISTILLER.TEACHER_WEIGHTS = .*pickled.pth.*could run code.*Opaque"):
         load_weights(_fresh(), path)
+
+
+def test_a_runs_own_checkpoint_with_numpy_rng_state_loads_as_teacher(tmp_path, trained):
+    """`latest` of a finished teacher run holds numpy's RNG state beside the weights."""
+    from kdharness.engine.checkpoint import save_checkpoint
+
+    path = str(tmp_path / "latest")
+    save_checkpoint({"model": trained.state_dict(), "rng": {"numpy": np.random.get_state()}, "epoch": 3}, path)
+    _assert_same_weights(load_weights(_fresh(), path), trained)
 
 
 def test_extract_state_dict_rejects_empty():

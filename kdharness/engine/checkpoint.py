@@ -127,6 +127,31 @@ def save_checkpoint(state: dict[str, Any], path: str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def load_weights_only(path: str, map_location: Any = "cpu", source: str | None = None) -> Any:
+    """``torch.load`` that unpickles data only, raising CheckpointError for anything else.
+
+    ``source`` names the file in messages (default ``checkpoint 'PATH'``; the teacher loader
+    passes ``KEY = 'PATH'``).
+    """
+    source = source or f"checkpoint {path!r}"
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error).lower().replace(" ", "_"):
+            raise CheckpointError(
+                f"{source} holds Python objects besides tensors, numpy arrays and plain values, so it is not "
+                f"loaded: unpickling them could run code. If you trust the file, keep only its weights: "
+                f"torch.save({{'model': torch.load(path, weights_only=False)['model']}}, new_path). "
+                f"{_refused_global(error)}"
+            ) from error
+        raise CheckpointError(f"{source} is unreadable (truncated or not a torch file): {error}") from error
+    except Exception as error:  # zip, EOF, decode and storage errors of a truncated or foreign file
+        raise CheckpointError(
+            f"{source} is unreadable (truncated or not a torch file): {type(error).__name__}: {error}"
+        ) from error
+
+
 def load_checkpoint(path: str, map_location: Any = "cpu", verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint, raising CheckpointError for a missing, truncated or corrupt file.
 
@@ -134,19 +159,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu", verify: bool = True) -
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
-    try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights_only" not in str(error).lower().replace(" ", "_"):
-            raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or not a torch file): {error}") from error
-        raise CheckpointError(
-            f"checkpoint {path!r} holds Python objects besides tensors, numpy arrays and plain values, so it is "
-            f"not loaded: unpickling them could run code. If you trust the file, keep its tensors with "
-            f"torch.save(torch.load(path, weights_only=False)['model'], new_path). {_refused_global(error)}"
-        ) from error
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {path!r} is unreadable (truncated or not a torch file): {error}") from error
+    state = load_weights_only(path, map_location)
     if verify and isinstance(state, dict) and CHECKSUM_KEY in state:
         expected = state.pop(CHECKSUM_KEY)
         actual = state_digest(state)

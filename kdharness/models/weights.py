@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import codecs
 import os
-import pickle
-import re
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +19,7 @@ import torch.nn as nn
 from yacs.config import CfgNode
 
 from kdharness.config import ConfigError
-from kdharness.engine.checkpoint import CheckpointError  # the one error for unusable checkpoint files
+from kdharness.engine.checkpoint import CheckpointError, load_weights_only  # the one error for unusable checkpoint files
 
 TEACHER_KEY = "DISTILLER.TEACHER_WEIGHTS"
 CIFAR_TEACHER_DIR = os.path.join("download_ckpts", "cifar_teachers")
@@ -101,26 +98,7 @@ def _read_checkpoint(path: str, key_name: str) -> Any:
     if os.path.isdir(path):
         raise CheckpointError(f"{key_name} = {path!r} is a directory; expected a checkpoint file (.pth)")
     check_checkpoint_format(path, key_name)
-    try:
-        # weights_only: a checkpoint is data, never code to run.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        text = str(error)
-        if "weights_only" in text or "Weights only load failed" in text:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-            what = f" ({found.group(1)})" if found else ""
-            raise CheckpointError(
-                f"{key_name} = {path!r} holds Python objects{what} besides tensors and plain containers; "
-                "they are not unpickled, since that could run arbitrary code. If you trust the file, "
-                "allow-list them with torch.serialization.add_safe_globals([...]) before loading, or "
-                "re-save only the weights: torch.save({'model': state_dict}, path)"
-            ) from error
-        raise CheckpointError(f"{key_name} = {path!r} is not a readable PyTorch checkpoint ({error})") from error
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as error:
-        raise CheckpointError(
-            f"{key_name} = {path!r} is not a readable PyTorch checkpoint (truncated or corrupt download?): "
-            f"{type(error).__name__}: {error}"
-        ) from error
+    return load_weights_only(path, "cpu", source=f"{key_name} = {path!r}")
 
 
 def check_checkpoint_format(path: str, key_name: str = TEACHER_KEY) -> None:
