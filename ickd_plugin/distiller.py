@@ -189,6 +189,11 @@ class ICKD(DistillerBase):
     # ------------------------------------------------------------------ protocol
 
     @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Refuse bad ``ICKD.*`` values when the config is loaded, before data and models are built."""
+        parse_ickd_config(cfg.ICKD, cls.registry)
+
+    @classmethod
     def teacher_requirement(cls, cfg: Any) -> str:
         """What the harness must build as teacher: pretrained (offline), scratch (online), none (teacher-free)."""
         node = getattr(cfg, "ICKD", None)

@@ -19,6 +19,7 @@ from yacs.config import CfgNode
 
 from kdharness.config import (
     CFG,
+    ConfigError,
     get_cfg_defaults,
     merge_config,
     override_pairs,
@@ -81,9 +82,24 @@ def load_config(path: str | None, opts: Iterable[str] = ()) -> CfgNode:
     load_builtin_components()
     cfg = merge_config(get_cfg_defaults(), data, pairs, source)
     validate_config(cfg)
+    check_distiller_config(cfg)
     check_model_names(cfg)
     cfg.freeze()
     return cfg
+
+
+def check_distiller_config(cfg: CfgNode) -> None:
+    """The distiller's own node (``ICKD.K``, ...), checked before any data or model is built.
+
+    A distiller class may define the classmethod ``check_config(cfg)``, raising ValueError
+    that names the key; without it, its values are checked when it is constructed.
+    """
+    check = getattr(distiller_dict[cfg.DISTILLER.TYPE], "check_config", None)
+    if check is not None:
+        try:
+            check(cfg)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
 
 
 def check_model_names(cfg: CfgNode) -> None:

@@ -20,6 +20,7 @@ from kdharness.data import build_datasets
 
 VANILLA_CFG = REPO / "configs" / "fashion_mnist" / "vanilla" / "res8.yaml"
 KD_CFG = REPO / "configs" / "fashion_mnist" / "kd" / "res14_res8.yaml"
+ICKD_KD_CFG = REPO / "configs" / "fashion_mnist" / "ickd_kd" / "res14_res8.yaml"
 TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 
 
@@ -120,6 +121,22 @@ def test_config_errors_come_before_torch_is_imported(tmp_path, text, expected):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.stdout.strip() == "status 2 False", result.stdout + result.stderr
     assert expected in result.stderr and result.stderr.startswith("error:"), result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (("ICKD.K", "-3"), "ICKD.K = -3; expected an integer >= 1"),
+        (("ICKD.BETA1", "1.5"), "ICKD.BETA1 = 1.5; expected a number in [0, 1]"),
+        (("ICKD.BASE", "NOPE"), "ICKD.BASE = 'NOPE'; not a registered distiller"),
+    ],
+)
+def test_bad_ickd_value_is_refused_before_data_or_teacher_is_read(train_cli, tmp_path, capsys, override, expected):
+    """The distiller's own node is checked with the config (check_config), not after data loads."""
+    missing = tmp_path / "no_such_root"  # reading data or the teacher would fail with another message
+    status = train_cli.main(["--cfg", str(ICKD_KD_CFG), *_opts(missing, tmp_path / "out", *override)])
+    _clear_error(capsys, status, expected)
+    assert not (tmp_path / "out").exists() and not missing.exists()
 
 
 # -- 2. a teacher file that is not a checkpoint ----------------------------------------------
