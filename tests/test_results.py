@@ -362,3 +362,38 @@ def test_ic_kd_all_is_its_own_column_beside_ickd_and_compared_with_its_base(tmp_
     order = [board.columns.index(name) for name in ("KD", "ICKD+KD", "IC-KD-all+KD", "DKD")]
     assert order == sorted(order), board.columns
     assert sorted(ickd_baselines(board)) == [("IC-KD-all(online)+KD", "DML"), ("IC-KD-all+KD", "KD"), ("ICKD+KD", "KD")]
+
+
+# -- cost and diagnostics views ---------------------------------------------------------------
+def test_cost_table_gives_median_and_total_wall_time_per_cell(tmp_path, capsys):
+    for seed, seconds in enumerate([60.0, 120.0, 600.0]):  # median 2 min, total 13 min
+        write_summary(tmp_path, "kd", seed=seed, wall_time_s=seconds)
+    write_summary(tmp_path, "ickd", seed=0, method="ICKD+KD", wall_time_s=96.0)
+    write_summary(tmp_path, "ickd", seed=1, method="ICKD+KD")  # records no wall time
+    write_summary(tmp_path, "teacher", seed=0, method="vanilla", teacher="", student="resnet32x4", wall_time_s=3600.0)
+    assert load_tool("leaderboard").main([str(tmp_path), "--cost"]) == 0
+    text = capsys.readouterr().out
+    assert "| cifar100 | – | resnet32x4 | teacher | 1 | 60.0 | 60 |" in text
+    assert "| cifar100 | resnet32x4 | resnet8x4 | KD | 3 | 2.0 | 13 |" in text
+    assert "| cifar100 | resnet32x4 | resnet8x4 | ICKD+KD | 1 | 1.6 | 2 |" in text
+    assert "| all |  |  |  | 5 |  | 75 |" in text  # 3600 + 780 + 96 s = 74.6 min
+    assert "Total: 5 runs, 1.2 h of wall time" in text and "1 run(s) record no wall time" in text
+
+
+def test_diagnostics_table_averages_the_last_epoch_per_cell(tmp_path, capsys):
+    for seed, (pos, inside) in enumerate([(0.9, 0.5), (0.7, 1.0)]):
+        history = [{"epoch": 1, "diagnostics": {"pos_sim": 0.1}}, {"epoch": 2, "diagnostics": {"pos_sim": pos, "nicd_inside_margin": inside}}]
+        write_summary(tmp_path, "ickd", seed=seed, method="ICKD+KD", history=history)
+    write_summary(tmp_path, "kd", seed=0)  # logs none: no row
+    assert load_tool("leaderboard").main([str(tmp_path), "--diagnostics"]) == 0
+    text = capsys.readouterr().out
+    assert "| Dataset | Teacher | Student | Method | n | pos_sim | nicd_inside_margin |" in text
+    assert "| cifar100 | resnet32x4 | resnet8x4 | ICKD+KD | 2 | 0.800 | 0.750 |" in text
+    assert "| KD |" not in text
+
+
+def test_views_exclude_each_other(tmp_path, capsys):
+    write_summary(tmp_path, "kd")
+    with pytest.raises(SystemExit):
+        load_tool("leaderboard").main([str(tmp_path), "--cost", "--diagnostics"])
+    assert "give one" in capsys.readouterr().err

@@ -5,7 +5,9 @@ teacher/student pair and one column per method, each cell `mean ± std (n seeds)
 the teacher, the vanilla student and the published figures. `--compare A B` answers
 "does A beat B beyond seed noise?" with a paired t analysis over seeds. `--sensitivity DIR`
 draws the paper's sensitivity figures from runs that differ from their config in one
-ICKD.* override, and prints their tables instead of the leaderboard.
+ICKD.* override, and prints their tables instead of the leaderboard. `--cost` and
+`--diagnostics` print, per leaderboard cell, the runs' wall time and their last-epoch
+diagnostics (ICKD's `picd_to_base`, `pos_sim`, ...).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ EPILOG = """examples:
   python tools/leaderboard.py output/ --compare ICKD+KD KD --compare ICKD+DKD DKD
   python tools/leaderboard.py output/ --compare-ickd          # every ICKD column vs its baseline
   python tools/leaderboard.py output/ --by label              # tell apart variants of one method
+  python tools/leaderboard.py output/ --cost                  # wall time per cell
+  python tools/leaderboard.py output/ --diagnostics           # ICKD's last-epoch diagnostics per cell
   python tools/leaderboard.py output/ --sensitivity figures/  # figures/sensitivity_fig4.png, _fig5.png, ickd_all_fig2.png
 """
 
@@ -56,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the paper's figures from one-factor ICKD sweeps into DIR: sensitivity_fig4.png "
                              "(ICKD.BETA1, K, TAU, BETA2), sensitivity_fig5.png (ICKD.PICD_WEIGHT, NICD_WEIGHT), "
                              "ickd_all_fig2.png (ICKD.ALL_SAME_CLASS); prints their tables instead of the leaderboard")
+    parser.add_argument("--cost", action="store_true",
+                        help="print each cell's wall time (runs, median and total minutes, from summary.json) "
+                             "instead of the leaderboard")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="print each cell's last-epoch diagnostics (ICKD: picd_to_base, pos_sim, ...), "
+                             "mean over its runs, instead of the leaderboard")
     parser.add_argument("--baseline", metavar="METHOD",
                         help="with --sensitivity: the method drawn as the baseline line (default: the ICKD.BASE "
                              "method of each sweep, vanilla for NONE, DML for online)")
@@ -69,7 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    views = [flag for flag, on in (("--compare/--compare-ickd", args.compare or args.compare_ickd),
+                                   ("--sensitivity", args.sensitivity), ("--cost", args.cost),
+                                   ("--diagnostics", args.diagnostics)) if on]
+    if len(views) > 1:
+        parser.error(f"{' and '.join(views)} each print their own view; give one")
+    if (args.cost or args.diagnostics) and args.format != "markdown":
+        parser.error("--cost and --diagnostics print Markdown only; leave out --format")
     try:
         summaries, warnings = load_summaries(args.run_dirs, include_skipped=args.include_skipped)
         reference = [] if args.no_reference else load_reference(args.reference)
@@ -78,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.sensitivity:
         return write_sensitivity(args)
+    if args.cost or args.diagnostics:
+        from kdharness.results.run_facts import render_cost_markdown, render_diagnostics_markdown
+
+        for message in warnings:
+            print(f"warning: {message}", file=sys.stderr)
+        render = render_cost_markdown if args.cost else render_diagnostics_markdown
+        return _emit(render(summaries, by=args.by), args.output)
     board = aggregate(summaries, metric=args.metric, by=args.by)
     for message in warnings + board.warnings:
         print(f"warning: {message}", file=sys.stderr)
@@ -107,12 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         text = render_csv(board, reference) if args.format == "csv" else render_markdown(board, reference)
 
-    if args.output:
-        with open(args.output, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    _emit(text, args.output)
     if args.plot:
         from kdharness.results.plot import plot_leaderboard
 
@@ -122,6 +142,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _emit(text: str, output: str | None) -> int:
+    """Write to --output, or to stdout."""
+    if output:
+        with open(output, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

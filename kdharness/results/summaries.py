@@ -92,6 +92,8 @@ class RunSummary:
     epochs_done: int
     epochs: int | None
     skipped_steps: int = 0  # steps dropped for a non-finite loss (SOLVER.NAN_POLICY skip)
+    wall_time_s: float | None = None  # the run's wall time, resumed parts summed
+    diagnostics: Mapping[str, float] = field(default_factory=dict)  # the last epoch's means (ICKD's, ...)
 
     @property
     def pair(self) -> Pair:
@@ -132,7 +134,22 @@ class RunSummary:
             epochs_done=len(history) if isinstance(history, list) else 0,
             epochs=data.get("epochs") if isinstance(data.get("epochs"), int) else None,
             skipped_steps=data.get("skipped_steps") if isinstance(data.get("skipped_steps"), int) else 0,
+            wall_time_s=_number_or_none(data.get("wall_time_s")),
+            diagnostics=_last_diagnostics(history),
         )
+
+
+def _number_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _last_diagnostics(history: Any) -> dict[str, float]:
+    """The last epoch's ``diagnostics`` means (docs/architecture.md), numbers only."""
+    last = history[-1] if isinstance(history, list) and history and isinstance(history[-1], dict) else {}
+    found = last.get("diagnostics")
+    if not isinstance(found, dict):
+        return {}
+    return {str(name): float(value) for name, value in found.items() if _number_or_none(value) is not None}
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
