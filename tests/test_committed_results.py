@@ -63,7 +63,7 @@ def expand(arguments: list[str], output_dir: Path) -> list[str]:
 
 
 def test_report_list_names_every_study_table_and_the_script_reads_it():
-    assert len(report_commands()) == 14
+    assert len(report_commands()) == 15
     assert "report.txt" in (REPO / "scripts" / "fashion_mnist_study.sh").read_text()
 
 
