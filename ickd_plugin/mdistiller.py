@@ -103,6 +103,15 @@ def check_devices(cfg: Any) -> None:
         )
 
 
+def check_ickd_values(cfg: Any, distiller_dict: Any) -> None:
+    """Bad ``ICKD.*`` values stop here, before mdistiller's train.py reads data or weights."""
+    if cfg.DISTILLER.TYPE == "ICKD":
+        try:
+            distiller_dict["ICKD"].check_config(cfg)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from error
+
+
 def uses_crd_base(cfg: Any) -> bool:
     return cfg.DISTILLER.TYPE == "ICKD" and cfg.ICKD.BASE == "CRD"
 
@@ -167,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     root = find_root(args.mdistiller)
     if root not in sys.path:
         sys.path.insert(0, root)
-    register_into_mdistiller()
+    distiller_dict, _, _ = register_into_mdistiller()
     train = load_train_module(root)
     cfg = train.cfg
     if not args.cfg or not os.path.isfile(args.cfg):
@@ -175,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg.merge_from_file(args.cfg)
     cfg.merge_from_list(args.opts)
     adapt_config(cfg)
+    check_ickd_values(cfg, distiller_dict)
     check_devices(cfg)
     if uses_crd_base(cfg):
         patch_for_crd_base(train)

@@ -176,6 +176,16 @@ def test_ickd_trains_an_epoch_through_mdistillers_train_py(workspace: Path, base
     )
 
 
+def test_bad_ickd_value_stops_the_launcher_before_any_data_is_read(workspace: Path) -> None:
+    cfg = _config(workspace, "bad_k", ICKD.format(base="KD", cache=workspace / "cache"))
+    command = [sys.executable, str(workspace / "shim.py"), ROOT, str(workspace / "missing_data"),
+               str(workspace / "teacher.pth"), "--mdistiller", ROOT, "--cfg", str(cfg), "ICKD.K", "0"]
+    result = subprocess.run(command, cwd=workspace, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "error: ICKD.K = 0; expected an integer >= 1" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (workspace / "output" / "real" / "bad_k").exists()
+
+
 def test_plain_kd_still_trains_through_the_launcher(workspace: Path) -> None:
     body = """
     DISTILLER:
