@@ -371,8 +371,11 @@ def test_cost_table_gives_median_and_total_wall_time_per_cell(tmp_path, capsys):
     write_summary(tmp_path, "ickd", seed=0, method="ICKD+KD", wall_time_s=96.0)
     write_summary(tmp_path, "ickd", seed=1, method="ICKD+KD")  # records no wall time
     write_summary(tmp_path, "teacher", seed=0, method="vanilla", teacher="", student="resnet32x4", wall_time_s=3600.0)
+    write_summary(tmp_path, "kd", seed=9, complete=False, wall_time_s=9999.0)  # not a result: warned, not counted
     assert load_tool("leaderboard").main([str(tmp_path), "--cost"]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "incomplete run" in captured.err
     assert "| cifar100 | – | resnet32x4 | teacher | 1 | 60.0 | 60 |" in text
     assert "| cifar100 | resnet32x4 | resnet8x4 | KD | 3 | 2.0 | 13 |" in text
     assert "| cifar100 | resnet32x4 | resnet8x4 | ICKD+KD | 1 | 1.6 | 2 |" in text

@@ -96,16 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.sensitivity:
         return write_sensitivity(args)
-    if args.cost or args.diagnostics:
-        from kdharness.results.run_facts import render_cost_markdown, render_diagnostics_markdown
-
-        for message in warnings:
-            print(f"warning: {message}", file=sys.stderr)
-        render = render_cost_markdown if args.cost else render_diagnostics_markdown
-        return _emit(render(summaries, by=args.by), args.output)
     board = aggregate(summaries, metric=args.metric, by=args.by)
     for message in warnings + board.warnings:
         print(f"warning: {message}", file=sys.stderr)
+    if args.cost or args.diagnostics:
+        from kdharness.results.run_facts import render_cost_markdown, render_diagnostics_markdown
+
+        render = render_cost_markdown if args.cost else render_diagnostics_markdown
+        return _emit(render(board, summaries), args.output)
     if not board.rows:
         print(f"error: no complete run summaries under {', '.join(args.run_dirs)}", file=sys.stderr)
         return 1

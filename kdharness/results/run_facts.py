@@ -3,8 +3,8 @@
 The leaderboard says how well each method did; these tables say what it took (wall time per
 run, as each ``summary.json`` records it) and, for methods that log diagnostics (ICKD's
 ``picd_to_base``, ``pos_sim``, ... see docs/architecture.md), what the loss was doing at the
-end. They group runs exactly as the leaderboard does (`aggregate`), so a row here is a cell
-there, and a teacher run appears once, as ``teacher``.
+end. They take the leaderboard's own grouping (`aggregate`), so a row here is a cell there,
+and a teacher run appears once, as ``teacher``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from statistics import median
 from typing import Iterable, Sequence
 
 from kdharness.results.stats import mean
-from kdharness.results.summaries import VANILLA, GroupBy, Leaderboard, RunSummary, aggregate
+from kdharness.results.summaries import VANILLA, Leaderboard, RunSummary
 
 __all__ = ["render_cost_markdown", "render_diagnostics_markdown"]
 
@@ -45,9 +45,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def render_cost_markdown(summaries: Sequence[RunSummary], by: GroupBy = "method") -> str:
-    """Per leaderboard cell: runs, median and total wall time; then the total over all runs."""
-    board = aggregate(summaries, by=by)
+def render_cost_markdown(board: Leaderboard, summaries: Sequence[RunSummary]) -> str:
+    """Per cell of `board` (aggregated from `summaries`): runs, median and total wall time; then
+    the total over all runs."""
     by_path = {summary.path: summary for summary in summaries}
     rows, total, counted, unknown = [], 0.0, 0, 0
     for key, runs in _groups(board, by_path):
@@ -69,9 +69,8 @@ def render_cost_markdown(summaries: Sequence[RunSummary], by: GroupBy = "method"
     return "\n".join(lines) + "\n"
 
 
-def render_diagnostics_markdown(summaries: Sequence[RunSummary], by: GroupBy = "method") -> str:
-    """Per leaderboard cell whose runs log diagnostics: the mean over runs of each last-epoch value."""
-    board = aggregate(summaries, by=by)
+def render_diagnostics_markdown(board: Leaderboard, summaries: Sequence[RunSummary]) -> str:
+    """Per cell of `board` whose runs log diagnostics: the mean over runs of each last-epoch value."""
     by_path = {summary.path: summary for summary in summaries}
     groups = [(key, [run for run in runs if run.diagnostics]) for key, runs in _groups(board, by_path)]
     groups = [(key, runs) for key, runs in groups if runs]
