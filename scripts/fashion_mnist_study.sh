@@ -57,7 +57,12 @@ case "$phase" in
     # online control, added after comparison 6: PICD's target is the sample's own teacher prediction
     # (beta1 0) and NICD is off, i.e. DML plus one more KD term of PICD's weight: retrieval or more KD?
     $S --seeds 0 1 2 3 4 --cfg $C/ickd_online/res14_res8.yaml LOG.PREFIX ./output/fmnist_variants \
-      ICKD.BETA1 0.0 ICKD.NICD_WEIGHT 0.0 ;;
+      ICKD.BETA1 0.0 ICKD.NICD_WEIGHT 0.0
+    # the clean query confirmed on the second pair with fresh seeds (design: fashion_mnist.md section 9)
+    for seed in 2 3 4 5 6; do
+      $S --seeds $seed --cfg $C/ickd_kd/res14_wrn16_1.yaml LOG.PREFIX ./output/fmnist_variants
+      $S --seeds $seed --cfg $C/ickd_kd/res14_wrn16_1.yaml LOG.PREFIX ./output/fmnist_variants ICKD.QUERY clean
+    done ;;
   paradigms)  # collected into runs/fmnist_paradigms: 15 epochs, not the main table's budget. Online and DML
     # seed by seed, so that a phase stopped early leaves paired runs
     $S --seeds 0 1 2 3 4 --cfg $C/ickd_teacher_free/res8.yaml
