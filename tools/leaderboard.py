@@ -187,13 +187,7 @@ def write_sensitivity(args: argparse.Namespace) -> int:
         path = os.path.join(args.sensitivity, "ickd_all_fig2.png")
         plot_ickd_all(found, path)
         written.append(path)
-    text = render_sensitivity_markdown(found, metric=args.metric)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        written.append(args.output)
-    else:
-        sys.stdout.write(text)
+    _emit(render_sensitivity_markdown(found, metric=args.metric), args.output)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
