@@ -15,11 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "docs/results/runs"
 
 
-def leaderboard_rows(*args: str) -> list[str]:
-    out = subprocess.run(
+def run_leaderboard(*args: str) -> str:
+    """What `tools/leaderboard.py ARGS` prints on stdout (a non-zero exit fails the test)."""
+    return subprocess.run(
         [sys.executable, str(REPO / "tools" / "leaderboard.py"), *args], capture_output=True, text=True, check=True
     ).stdout
-    return [line for line in out.splitlines() if line.startswith(("| resnet14 |", "| fashion_mnist |"))]
+
+
+def leaderboard_rows(*args: str) -> list[str]:
+    return [line for line in run_leaderboard(*args).splitlines() if line.startswith(("| resnet14 |", "| fashion_mnist |"))]
 
 
 def test_leaderboard_of_committed_runs_matches_the_2026_11_results_doc():
@@ -70,10 +74,7 @@ def test_report_list_names_every_study_table_and_the_script_reads_it():
 @pytest.mark.parametrize("name", sorted(report_commands()))
 def test_fashion_mnist_study_tables_are_the_leaderboard_of_the_committed_runs(name: str, tmp_path: Path):
     arguments = report_commands()[name]
-    out = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "leaderboard.py"), *expand(arguments, tmp_path)],
-        capture_output=True, text=True, check=True,
-    ).stdout
+    out = run_leaderboard(*expand(arguments, tmp_path))
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
     assert len(rows) >= 2, f"the leaderboard printed no table for {name}:\n{out}"
     doc = (REPO / "docs/results/fashion_mnist.md").read_text()
