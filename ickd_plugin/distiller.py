@@ -175,6 +175,10 @@ class ICKD(DistillerBase):
             # Frozen: no gradient is ever wanted, and DDP must not wait for one.
             teacher.requires_grad_(False)
         self.opts: ICKDOptions = opts
+        # The online teacher's CE is smoothed as the student's (a host's SOLVER.LABEL_SMOOTHING;
+        # mdistiller has no such key: 0).
+        solver = getattr(cfg, "SOLVER", None)
+        self.label_smoothing = float(solver.get("LABEL_SMOOTHING", 0.0)) if solver is not None else 0.0
         self.base = build_base_distiller(registry[opts.base], student, teacher, cfg, num_data)
         _share_without_owning(self.base, "student", student)
         _share_without_owning(self.base, "teacher", teacher)
@@ -419,7 +423,9 @@ class ICKD(DistillerBase):
         losses["loss_nicd"] = scale * self.opts.nicd_weight * loss_nicd
         self._last_diagnostics = step_diagnostics(base_losses, losses["loss_picd"], losses["loss_nicd"], self._context_stats)
         if paradigm == "online":
-            losses["loss_teacher_ce"] = self.opts.online_ce_weight * F.cross_entropy(logits_teacher, target)
+            losses["loss_teacher_ce"] = self.opts.online_ce_weight * F.cross_entropy(
+                logits_teacher, target, label_smoothing=self.label_smoothing
+            )
             losses["loss_teacher_kd"] = self.opts.online_mutual_weight * mutual_kd_loss(
                 logits_teacher, logits_student, self.opts.temperature
             )

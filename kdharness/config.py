@@ -43,6 +43,7 @@ CFG.DATASET.PIN_MEMORY = False
 CFG.DATASET.PERSISTENT_WORKERS = False
 CFG.DATASET.DOWNLOAD = True  # fetch CIFAR-100 when missing and the network allows
 CFG.DATASET.TRAIN_SUBSET = 0  # ours: >0 trains on the first N samples (CPU experiments)
+CFG.DATASET.TRAIN_SUBSET_BALANCED = False  # ours: with TRAIN_SUBSET N, the first N / C samples of each class
 CFG.DATASET.TEST = CN()
 CFG.DATASET.TEST.BATCH_SIZE = 64
 
@@ -67,6 +68,7 @@ CFG.SOLVER.WEIGHT_DECAY = 0.0001
 CFG.SOLVER.MOMENTUM = 0.9
 CFG.SOLVER.TYPE = "SGD"
 CFG.SOLVER.SCHEDULER = "step"  # ours: "step" (published) or "cosine"
+CFG.SOLVER.LABEL_SMOOTHING = 0.0  # ours: epsilon of every distiller's cross-entropy on the labels (0: plain CE)
 CFG.SOLVER.AMP = False  # ours: autocast + grad scaling on CUDA
 CFG.SOLVER.CHANNELS_LAST = False
 CFG.SOLVER.NAN_POLICY = "stop"  # ours: "stop" saves state and exits; "skip" drops the batch
@@ -79,6 +81,8 @@ CFG.LOG.TENSORBOARD_FREQ = 500
 CFG.LOG.SAVE_CHECKPOINT_FREQ = 40
 CFG.LOG.SAVE_STEP_FREQ = 0  # ours: >0 also writes `latest` every N steps (mid-epoch resume)
 CFG.LOG.PREFIX = "./output"
+CFG.LOG.EVAL_FREQ = 1  # ours: evaluate the test set every N epochs (and always after the last)
+CFG.LOG.EVAL_TRAIN_SET = False  # ours: also evaluate the un-augmented training set (history: train_eval_acc)
 CFG.LOG.WANDB = False  # mdistiller defaults to True; we have no network for it
 
 # KD (Hinton et al.)
@@ -203,7 +207,7 @@ CHOICES = {
     "CRD.MODE": ("exact", "relax"),
 }
 POSITIVE = (
-    "SOLVER.BATCH_SIZE", "SOLVER.EPOCHS", "SOLVER.LR", "DATASET.TEST.BATCH_SIZE",
+    "SOLVER.BATCH_SIZE", "SOLVER.EPOCHS", "SOLVER.LR", "DATASET.TEST.BATCH_SIZE", "LOG.EVAL_FREQ",
     "KD.TEMPERATURE", "DKD.T", "CRD.NCE.K", "CRD.NCE.TEMPERATURE", "CRD.FEAT.DIM",
 )
 NON_NEGATIVE = (
@@ -220,6 +224,42 @@ NON_NEGATIVE += ("FITNET.HINT_LAYER", "RKD.DISTANCE_WEIGHT", "RKD.ANGLE_WEIGHT")
     for node in ("FITNET", "AT", "NST", "PKT", "SP", "RKD", "KDSVD")
     for weight in ("CE", "FEAT")
 )
+
+
+# Keys that change neither what a run trains nor what it measures: where its files go, how
+# fast data loads, how often it logs or saves, what to do if a step turns non-finite (a run
+# that skipped steps is kept off leaderboards anyway). The one list behind run names (an
+# override of these is not part of a run directory's name), `--resume` (these may change)
+# and the leaderboard (runs that differ only in these, and the seed, share a cell). An entry
+# ending in "." covers a whole node. The plugin's keys are named here as the host knows
+# them: by name only.
+NON_TRAINING_KEYS = (
+    "EXPERIMENT.PROJECT", "EXPERIMENT.NAME", "EXPERIMENT.TAG",
+    "LOG.PREFIX", "LOG.TENSORBOARD_FREQ", "LOG.SAVE_CHECKPOINT_FREQ", "LOG.SAVE_STEP_FREQ",
+    "LOG.EVAL_TRAIN_SET", "LOG.WANDB", "LOG.WANDB_PROJECT",
+    "DATASET.ROOT", "DATASET.NUM_WORKERS", "DATASET.PIN_MEMORY", "DATASET.PERSISTENT_WORKERS",
+    "DATASET.DOWNLOAD", "DATASET.TEST.BATCH_SIZE",
+    "DISTILLER.TEACHER_WEIGHTS",  # where the teacher file is; the teacher itself is DISTILLER.TEACHER
+    "SOLVER.NAN_POLICY", "SOLVER.NAN_MAX_SKIPS", "SOLVER.DDP_FIND_UNUSED_PARAMETERS",
+    "ICKD.BANK.CACHE_DIR", "ICKD.BANK.DEVICE", "ICKD.BANK.USE_CACHE", "ICKD.BANK.BATCH_SIZE",
+    "ICKD.BANK.CHUNK_SIZE",
+)
+SEED_KEY = "EXPERIMENT.SEED"
+
+
+def is_non_training_key(key: str) -> bool:
+    """Whether `key` (dotted) is one of NON_TRAINING_KEYS or inside a node listed there."""
+    return any(key == entry or (entry.endswith(".") and key.startswith(entry)) for entry in NON_TRAINING_KEYS)
+
+
+def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"A": {"B": 1}}`` -> ``{"A.B": 1}``: a config (or its YAML mapping) as dotted keys."""
+    if not isinstance(tree, Mapping):
+        return {prefix: tree} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten_config(value, f"{prefix}{key}." if isinstance(value, Mapping) else f"{prefix}{key}"))
+    return flat
 
 
 def get_cfg_defaults() -> CN:
@@ -342,6 +382,9 @@ def validate_values(cfg: CN) -> None:
         value = cfg_get(cfg, key)
         if value < 0:
             raise ConfigError(f"{key} = {value!r}; expected a number >= 0")
+    smoothing = cfg.SOLVER.LABEL_SMOOTHING
+    if not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"SOLVER.LABEL_SMOOTHING = {smoothing!r}; expected a number in [0, 1) (0.1 is the usual choice)")
     stages = list(cfg.SOLVER.LR_DECAY_STAGES)
     if stages != sorted(stages):
         raise ConfigError(f"SOLVER.LR_DECAY_STAGES = {stages}; expected increasing epochs")

@@ -12,9 +12,11 @@ import os
 import pickle
 from typing import Any
 
+import numpy as np
+
 from torchvision.datasets import CIFAR100 as _TorchvisionCIFAR100
 
-from kdharness.data.indexed import train_subset_size
+from kdharness.data.indexed import train_subset_positions
 from kdharness.registry import register_dataset
 
 FOLDER = _TorchvisionCIFAR100.base_folder  # "cifar-100-python"
@@ -55,10 +57,10 @@ class CIFAR100(_TorchvisionCIFAR100):
         name = (self.train_list if self.train else self.test_list)[0][0]
         return os.path.join(self.root, self.base_folder, name)
 
-    def keep_first(self, n: int) -> None:
-        """Keep the first ``n`` samples (``DATASET.TRAIN_SUBSET``), images and targets alike."""
-        self.data = self.data[:n]
-        self.targets = list(self.targets[:n])
+    def keep(self, positions: list[int]) -> None:
+        """Keep the samples at ``positions`` (``DATASET.TRAIN_SUBSET``), images and targets alike."""
+        self.data = self.data[np.asarray(positions, dtype=np.int64)]
+        self.targets = [self.targets[p] for p in positions]
 
 
 def _missing(root: str) -> list[str]:
@@ -95,5 +97,7 @@ def build_cifar100(cfg: Any, train: bool) -> CIFAR100:
             f"expected torchvision's python pickles with 'data' uint8 [N, 3072] and 'fine_labels'. "
             f"Delete the folder and {HOW_TO_GET}"
         ) from error
-    dataset.keep_first(train_subset_size(cfg, train, len(dataset)))
+    positions = train_subset_positions(cfg, train, dataset.targets)
+    if positions is not None:
+        dataset.keep(positions)
     return dataset

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from kdharness.config import CFG
-from kdharness.data.indexed import train_subset_size
+from kdharness.data.indexed import train_subset_positions
 from kdharness.registry import register_dataset
 
 NUM_CLASSES = 10
@@ -179,9 +179,10 @@ class FashionMNIST:
         """The files this split was read from (logged at start-up)."""
         return f"{self.images_path}, {self.labels_path}"
 
-    def keep_first(self, n: int) -> None:
-        self.data = self.data[:n]
-        self.targets = self.targets[:n]
+    def keep(self, positions: list[int]) -> None:
+        """Keep the samples at ``positions`` (``DATASET.TRAIN_SUBSET``), in that order."""
+        self.data = self.data[np.asarray(positions, dtype=np.int64)]
+        self.targets = [self.targets[p] for p in positions]
 
     def __repr__(self) -> str:
         return f"FashionMNIST(n={len(self)}, images={self.images_path!r})"
@@ -191,5 +192,7 @@ class FashionMNIST:
 def build_fashion_mnist(cfg: Any, train: bool) -> FashionMNIST:
     """The raw split found under ``DATASET.ROOT`` (or the system copy); 10 classes."""
     dataset = FashionMNIST(*find_files(str(cfg.DATASET.ROOT), train))
-    dataset.keep_first(train_subset_size(cfg, train, len(dataset)))
+    positions = train_subset_positions(cfg, train, dataset.targets)
+    if positions is not None:
+        dataset.keep(positions)
     return dataset

@@ -6,12 +6,12 @@ from typing import Any
 
 from torchvision.datasets import ImageFolder
 
-from kdharness.data.indexed import train_subset_size
+from kdharness.data.indexed import train_subset_positions
 from kdharness.registry import register_dataset
 
 
 class ImageNetFolder(ImageFolder):
-    """torchvision's ImageFolder with ``num_classes`` and a consistent ``keep_first``."""
+    """torchvision's ImageFolder with ``num_classes`` and a consistent ``keep``."""
 
     @property
     def num_classes(self) -> int:
@@ -22,10 +22,11 @@ class ImageNetFolder(ImageFolder):
         """The folder this split was read from (logged at start-up)."""
         return self.root
 
-    def keep_first(self, n: int) -> None:
-        """Keep the first ``n`` samples. ImageFolder sorts by class, so a small ``n``
-        covers only the first classes; enough for smoke runs, not for accuracy."""
-        self.samples = self.samples[:n]
+    def keep(self, positions: list[int]) -> None:
+        """Keep the samples at ``positions``. ImageFolder sorts by class, so the first ``n``
+        cover only the first classes (enough for smoke runs); DATASET.TRAIN_SUBSET_BALANCED
+        takes every class."""
+        self.samples = [self.samples[p] for p in positions]
         self.imgs = self.samples
         self.targets = [target for _, target in self.samples]
 
@@ -45,5 +46,7 @@ def build_imagenet(cfg: Any, train: bool) -> ImageNetFolder:
         dataset = ImageNetFolder(folder)
     except FileNotFoundError as error:  # ImageFolder: no class folders / no images
         raise FileNotFoundError(f"ImageNet {split} folder {folder!r}: {error}") from error
-    dataset.keep_first(train_subset_size(cfg, train, len(dataset)))
+    positions = train_subset_positions(cfg, train, dataset.targets)
+    if positions is not None:
+        dataset.keep(positions)
     return dataset

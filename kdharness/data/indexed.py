@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -59,22 +59,48 @@ def _isolated_rng(seed: int) -> Iterator[None]:
         random.setstate(random_state)
 
 
-def train_subset_size(cfg: Any, train: bool, total: int) -> int:
-    """How many leading samples a raw dataset keeps under ``DATASET.TRAIN_SUBSET``.
+def train_subset_positions(cfg: Any, train: bool, targets: Sequence[int]) -> list[int] | None:
+    """Which samples a raw dataset keeps under ``DATASET.TRAIN_SUBSET``; None keeps all.
 
     Only the training split is cut; the validation split always stays whole, so accuracy
-    stays comparable across subset sizes. A subset larger than the split is refused rather
-    than clamped, since it is almost always a typo or a wrong ROOT.
+    stays comparable across subset sizes. By default the subset is the first N samples;
+    with ``DATASET.TRAIN_SUBSET_BALANCED`` it is the first N / C samples of each of the C
+    classes, in dataset order (a small subset of a dataset whose order is not shuffled, or
+    a converged-regime study, needs every class equally). A subset larger than the split, or
+    a balanced one that is not a multiple of the class count or that a class cannot fill, is
+    refused rather than clamped: it is almost always a typo or a wrong ROOT.
     """
     wanted = int(cfg.DATASET.TRAIN_SUBSET)
+    total = len(targets)
     if not train or wanted <= 0:
-        return total
+        return None
+    where = f"the {cfg.DATASET.TYPE} training set under DATASET.ROOT = {cfg.DATASET.ROOT!r}"
     if wanted > total:
         raise ConfigError(
-            f"DATASET.TRAIN_SUBSET = {wanted}, but the {cfg.DATASET.TYPE} training set under "
-            f"DATASET.ROOT = {cfg.DATASET.ROOT!r} has only {total} samples; expected 0 (all) or <= {total}"
+            f"DATASET.TRAIN_SUBSET = {wanted}, but {where} has only {total} samples; expected 0 (all) or <= {total}"
         )
-    return wanted
+    if not cfg.DATASET.get("TRAIN_SUBSET_BALANCED", False):
+        return list(range(wanted))
+    labels = np.asarray(targets, dtype=np.int64)
+    classes = np.unique(labels)
+    if wanted % len(classes):
+        raise ConfigError(
+            f"DATASET.TRAIN_SUBSET = {wanted} with DATASET.TRAIN_SUBSET_BALANCED True: {where} has "
+            f"{len(classes)} classes; expected a multiple of {len(classes)}"
+        )
+    per_class = wanted // len(classes)
+    counts = np.bincount(labels)
+    short = [int(c) for c in classes if counts[c] < per_class]
+    if short:
+        raise ConfigError(
+            f"DATASET.TRAIN_SUBSET = {wanted} with DATASET.TRAIN_SUBSET_BALANCED True needs {per_class} samples "
+            f"per class, but class {short[0]} of {where} has only {int(counts[short[0]])}"
+        )
+    # the first `per_class` positions of each class, then back in dataset order
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    chosen = np.concatenate([order[starts[c] : starts[c] + per_class] for c in classes])
+    return sorted(int(p) for p in chosen)
 
 
 class IndexedDataset(torch.utils.data.Dataset):

@@ -112,3 +112,25 @@ def build_loaders(
         **common,
     )
     return train_loader, val_loader
+
+
+def build_train_eval_loader(cfg: Any, train_set: IndexedDataset, val_set: IndexedDataset) -> DataLoader:
+    """The training samples through the test transform, in order, batched as the val loader.
+
+    What `LOG.EVAL_TRAIN_SET` evaluates: how well the student fits the images it trains on,
+    without augmentation. The running top-1 of an epoch is no substitute: it is measured on
+    augmented images while the weights still change. It shares the raw data (no copy) and
+    draws no random numbers (the test transform is deterministic), so turning it on does
+    not change training.
+    """
+    view = IndexedDataset(train_set.raw, val_set.transform, seed=cfg.EXPERIMENT.SEED, with_index=False)
+    workers = int(cfg.DATASET.NUM_WORKERS)
+    return DataLoader(
+        view,
+        batch_size=int(cfg.DATASET.TEST.BATCH_SIZE),
+        shuffle=False,
+        drop_last=False,
+        num_workers=workers,
+        persistent_workers=bool(cfg.DATASET.PERSISTENT_WORKERS) and workers > 0,
+        generator=_loader_generator(cfg, 2),
+    )

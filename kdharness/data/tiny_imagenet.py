@@ -17,7 +17,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 
 from kdharness.data.imagenet import ImageNetFolder
-from kdharness.data.indexed import train_subset_size
+from kdharness.data.indexed import train_subset_positions
 from kdharness.registry import register_dataset
 
 FOLDER = "tiny-imagenet-200"
@@ -28,7 +28,7 @@ class TinyImageNetVal(ImageNetFolder):
     """The official val split: ``images/*.JPEG`` labelled by ``val_annotations.txt``.
 
     An ImageFolder in all but the file walk, so it has the same attributes (``samples``,
-    ``targets``, ``classes``, ``class_to_idx``) and ``keep_first``.
+    ``targets``, ``classes``, ``class_to_idx``) and ``keep``.
     """
 
     def __init__(self, folder: str, classes: list[str]) -> None:
@@ -81,5 +81,7 @@ def build_tiny_imagenet(cfg: Any, train: bool) -> ImageFolder:
                     f"Tiny-ImageNet val folder {val_folder!r} has {len(dataset.classes)} class folders that differ "
                     f"from train's {len(classes)}; both splits need the same wnid folders"
                 )
-    dataset.keep_first(train_subset_size(cfg, train, len(dataset)))
+    positions = train_subset_positions(cfg, train, dataset.targets)
+    if positions is not None:
+        dataset.keep(positions)
     return dataset

@@ -22,13 +22,29 @@ TEACHER_SCRATCH = "scratch"
 TEACHER_NONE = "none"
 
 
-class Distiller(nn.Module):
-    """Base class: student + frozen teacher; subclasses implement `forward_train`."""
+def label_smoothing(cfg: Any) -> float:
+    """``SOLVER.LABEL_SMOOTHING`` of a config, 0 for one without the key (mdistiller's)."""
+    solver = getattr(cfg, "SOLVER", None) if cfg is not None else None
+    return float(solver.get("LABEL_SMOOTHING", 0.0)) if solver is not None else 0.0
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None) -> None:
+
+class Distiller(nn.Module):
+    """Base class: student + frozen teacher; subclasses implement `forward_train`.
+
+    `cfg` (optional, so mdistiller's two-argument form still works) gives every method's
+    cross-entropy on the labels its ``SOLVER.LABEL_SMOOTHING``: `ce_loss` is the one place
+    where a distiller's CE term is computed.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any = None) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher
+        self.label_smoothing = label_smoothing(cfg)
+
+    def ce_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the labels, smoothed by ``SOLVER.LABEL_SMOOTHING`` (0: the plain one)."""
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     @classmethod
     def teacher_requirement(cls, cfg: Any) -> str:
@@ -70,7 +86,7 @@ class Vanilla(Distiller):
     """Student trained with cross-entropy alone (mdistiller's "NONE"); no teacher is built."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, cfg: Any = None) -> None:
-        super().__init__(student, None)
+        super().__init__(student, None, cfg)
 
     @classmethod
     def teacher_requirement(cls, cfg: Any) -> str:
@@ -78,4 +94,4 @@ class Vanilla(Distiller):
 
     def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
         logits_student, _ = self.student(image)
-        return logits_student, {"loss_ce": F.cross_entropy(logits_student, target)}
+        return logits_student, {"loss_ce": self.ce_loss(logits_student, target)}

@@ -59,7 +59,7 @@ class AT(Distiller):
     """Cross-entropy plus ``AT.LOSS.FEAT_WEIGHT * at_loss(student stages, teacher stages)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "AT"))
+        super().__init__(student, require_teacher(teacher, "AT"), cfg)
         # mdistiller's default P is the integer 2: feat.pow(2) of an int exponent.
         self.p = cfg.AT.P
         self.ce_loss_weight = float(cfg.AT.LOSS.CE_WEIGHT)
@@ -69,6 +69,6 @@ class AT(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_feat = self.feat_loss_weight * at_loss(feats_student["feats"][1:], feats_teacher["feats"][1:], self.p)
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}

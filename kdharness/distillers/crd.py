@@ -241,7 +241,7 @@ class CRD(Distiller):
         num_data: int,
         input_shape: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(student, require_teacher(teacher, "CRD"))
+        super().__init__(student, require_teacher(teacher, "CRD"), cfg)
         if int(num_data) <= 0:
             raise ValueError(f"CRD needs the training-set size for its memories; got num_data = {num_data}")
         self.ce_loss_weight = float(cfg.CRD.LOSS.CE_WEIGHT)
@@ -305,7 +305,7 @@ class CRD(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_crd = self.feat_loss_weight * self.crd_loss(
             feats_student["pooled_feat"], feats_teacher["pooled_feat"], index, contrastive_index
         )

@@ -93,7 +93,7 @@ class DKD(Distiller):
     """Cross-entropy plus the warmed-up decoupled KD loss against the frozen teacher."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "DKD"))
+        super().__init__(student, require_teacher(teacher, "DKD"), cfg)
         self.ce_loss_weight = float(cfg.DKD.CE_WEIGHT)
         self.alpha = float(cfg.DKD.ALPHA)
         self.beta = float(cfg.DKD.BETA)
@@ -110,7 +110,7 @@ class DKD(Distiller):
         logits_student, _ = self.student(image)
         with torch.no_grad():
             logits_teacher, _ = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_dkd = warmup_factor(epoch if epoch is not None else 0, self.warmup) * dkd_loss(
             logits_student, logits_teacher, target, self.alpha, self.beta, self.temperature
         )

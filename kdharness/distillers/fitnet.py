@@ -95,7 +95,7 @@ class FitNet(Distiller):
     """Cross-entropy plus ``FITNET.LOSS.FEAT_WEIGHT * MSE(conv_reg(f_s[h]), f_t[h])``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "FITNET"))
+        super().__init__(student, require_teacher(teacher, "FITNET"), cfg)
         self.ce_loss_weight = float(cfg.FITNET.LOSS.CE_WEIGHT)
         self.feat_loss_weight = float(cfg.FITNET.LOSS.FEAT_WEIGHT)
         self.hint_layer = int(cfg.FITNET.HINT_LAYER)
@@ -118,7 +118,7 @@ class FitNet(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         regressed = self.conv_reg(feats_student["feats"][self.hint_layer])
         loss_feat = self.feat_loss_weight * fitnet_loss(regressed, feats_teacher["feats"][self.hint_layer])
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}

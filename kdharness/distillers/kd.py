@@ -43,7 +43,7 @@ class KD(Distiller):
     """Cross-entropy on labels plus the temperature-scaled KL to the frozen teacher."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "KD"))
+        super().__init__(student, require_teacher(teacher, "KD"), cfg)
         self.temperature = float(cfg.KD.TEMPERATURE)
         self.ce_loss_weight = float(cfg.KD.LOSS.CE_WEIGHT)
         self.kd_loss_weight = float(cfg.KD.LOSS.KD_WEIGHT)
@@ -52,6 +52,6 @@ class KD(Distiller):
         logits_student, _ = self.student(image)
         with torch.no_grad():
             logits_teacher, _ = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_kd = self.kd_loss_weight * kd_loss(logits_student, logits_teacher, self.temperature)
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_kd}

@@ -105,7 +105,7 @@ class KDSVD(Distiller):
     """Cross-entropy plus ``KDSVD.LOSS.FEAT_WEIGHT * kdsvd_loss(student stages, teacher stages, K)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "KDSVD"))
+        super().__init__(student, require_teacher(teacher, "KDSVD"), cfg)
         self.k = int(cfg.KDSVD.K)
         self.ce_loss_weight = float(cfg.KDSVD.LOSS.CE_WEIGHT)
         self.feat_loss_weight = float(cfg.KDSVD.LOSS.FEAT_WEIGHT)
@@ -114,6 +114,6 @@ class KDSVD(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_feat = self.feat_loss_weight * kdsvd_loss(feats_student["feats"][1:], feats_teacher["feats"][1:], self.k)
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}

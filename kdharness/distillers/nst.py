@@ -51,7 +51,7 @@ class NST(Distiller):
     """Cross-entropy plus ``NST.LOSS.FEAT_WEIGHT * nst_loss(student stages, teacher stages)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "NST"))
+        super().__init__(student, require_teacher(teacher, "NST"), cfg)
         self.ce_loss_weight = float(cfg.NST.LOSS.CE_WEIGHT)
         self.feat_loss_weight = float(cfg.NST.LOSS.FEAT_WEIGHT)
 
@@ -59,6 +59,6 @@ class NST(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_feat = self.feat_loss_weight * nst_loss(feats_student["feats"][1:], feats_teacher["feats"][1:])
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}

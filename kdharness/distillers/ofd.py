@@ -100,7 +100,7 @@ class OFD(Distiller):
     """Cross-entropy plus the margin-aware partial L2 on connected pre-ReLU stage features."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "OFD"))
+        super().__init__(student, require_teacher(teacher, "OFD"), cfg)
         self.ce_loss_weight = float(cfg.OFD.LOSS.CE_WEIGHT)
         self.feat_loss_weight = float(cfg.OFD.LOSS.FEAT_WEIGHT)
         kernel_size = int(cfg.OFD.CONNECTOR.KERNEL_SIZE)
@@ -159,7 +159,7 @@ class OFD(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_feat = self.feat_loss_weight * self.ofd_loss(
             feats_student["preact_feats"][1:], feats_teacher["preact_feats"][1:]
         )

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from kdharness.distillers._base import Distiller
 from kdharness.distillers._numerics import float32_loss
@@ -54,7 +53,7 @@ class PKT(Distiller):
     """Cross-entropy plus ``PKT.LOSS.FEAT_WEIGHT * pkt_loss(pooled student, pooled teacher)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "PKT"))
+        super().__init__(student, require_teacher(teacher, "PKT"), cfg)
         self.ce_loss_weight = float(cfg.PKT.LOSS.CE_WEIGHT)
         self.feat_loss_weight = float(cfg.PKT.LOSS.FEAT_WEIGHT)
 
@@ -62,6 +61,6 @@ class PKT(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_feat = self.feat_loss_weight * pkt_loss(feats_student["pooled_feat"], feats_teacher["pooled_feat"])
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}

@@ -98,7 +98,7 @@ class ReviewKD(Distiller):
     """Cross-entropy plus HCL between the ABF outputs and the teacher's pre-ReLU stage features."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "REVIEWKD"))
+        super().__init__(student, require_teacher(teacher, "REVIEWKD"), cfg)
         node = cfg.REVIEWKD
         self.shapes = [int(v) for v in node.SHAPES]
         self.out_shapes = [int(v) for v in node.OUT_SHAPES]
@@ -148,7 +148,7 @@ class ReviewKD(Distiller):
         results = self.review(feats_student)
         pooled_t = feats_teacher["pooled_feat"]
         targets = list(feats_teacher["preact_feats"][1:]) + [pooled_t.reshape(pooled_t.shape[0], -1, 1, 1)]
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         scale = warmup_scale(kwargs.get("epoch"), self.warmup_epochs)
         loss_reviewkd = self.reviewkd_loss_weight * scale * hcl_loss(results, targets)
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_reviewkd}

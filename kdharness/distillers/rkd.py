@@ -81,7 +81,7 @@ class RKD(Distiller):
     """Cross-entropy plus ``RKD.LOSS.FEAT_WEIGHT * rkd_loss(pooled student, pooled teacher)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "RKD"))
+        super().__init__(student, require_teacher(teacher, "RKD"), cfg)
         self.distance_weight = float(cfg.RKD.DISTANCE_WEIGHT)
         self.angle_weight = float(cfg.RKD.ANGLE_WEIGHT)
         self.ce_loss_weight = float(cfg.RKD.LOSS.CE_WEIGHT)
@@ -93,7 +93,7 @@ class RKD(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_rkd = self.feat_loss_weight * rkd_loss(
             feats_student["pooled_feat"],
             feats_teacher["pooled_feat"],

@@ -44,7 +44,7 @@ class SP(Distiller):
     """Cross-entropy plus ``SP.LOSS.FEAT_WEIGHT * similarity_loss(last student stage, last teacher stage)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "SP"))
+        super().__init__(student, require_teacher(teacher, "SP"), cfg)
         self.ce_loss_weight = float(cfg.SP.LOSS.CE_WEIGHT)
         self.feat_loss_weight = float(cfg.SP.LOSS.FEAT_WEIGHT)
 
@@ -52,6 +52,6 @@ class SP(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_feat = self.feat_loss_weight * sp_loss([feats_student["feats"][-1]], [feats_teacher["feats"][-1]])
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}

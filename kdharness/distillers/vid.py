@@ -83,7 +83,7 @@ class VID(Distiller):
     """Cross-entropy plus the variational information loss on every stage after the stem."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "VID"))
+        super().__init__(student, require_teacher(teacher, "VID"), cfg)
         self.ce_loss_weight = float(cfg.VID.LOSS.CE_WEIGHT)
         self.feat_loss_weight = float(cfg.VID.LOSS.FEAT_WEIGHT)
         self.eps = float(cfg.VID.EPS)
@@ -125,6 +125,6 @@ class VID(Distiller):
         logits_student, feats_student = self.student(image)
         with torch.no_grad():
             _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * F.cross_entropy(logits_student, target)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         loss_vid = self.feat_loss_weight * self.vid_loss(feats_student["feats"][1:], feats_teacher["feats"][1:])
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_vid}

@@ -16,12 +16,11 @@ import torch.nn as nn
 from kdharness import data as kd_data  # noqa: F401  (registers datasets)
 from kdharness import distillers  # noqa: F401  (registers distillers)
 from kdharness.compose import load_builtin_components
-from kdharness.config import ConfigError
+from kdharness.config import ConfigError, is_non_training_key
 from kdharness.data import build_datasets, build_loaders
 from kdharness.distillers._base import TEACHER_NONE, TEACHER_PRETRAINED
 from kdharness.engine import distributed
 from kdharness.engine.trainer import BaseTrainer  # noqa: F401  (registers the base trainer)
-from kdharness.engine.run_dir import NON_NAMING_KEYS
 from kdharness.engine.utils import log_msg, seed_everything
 from kdharness.models import create_model
 from kdharness.models.weights import load_weights, resolve_teacher_path
@@ -34,7 +33,7 @@ def experiment_name(cfg, opts: Sequence[str] = ()) -> str:
     extra = [
         f"{k}:{str(v).replace(os.sep, '_')}"
         for k, v in zip(opts[::2], opts[1::2])
-        if not k.startswith(NON_NAMING_KEYS) and k != "EXPERIMENT.NAME"
+        if not is_non_training_key(k)
     ]
     if extra:
         name += "," + ",".join(extra)

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from kdharness.config import NON_TRAINING_KEYS, flatten_config
 from kdharness.engine.checkpoint import CheckpointError, load_checkpoint
 
 # Files whose presence means the directory holds (part of) a run that a fresh start would
@@ -34,15 +35,11 @@ KEEP_ON_SET_ASIDE = ("run.lock",)
 SET_ASIDE_MARK = ".old-"
 # Overrides that say where things are or how fast they run, not what is trained: left out of
 # the run directory's name (mdistiller appends every override, so a path would nest folders).
-NON_NAMING_KEYS = (
-    "LOG.", "DATASET.ROOT", "DATASET.NUM_WORKERS", "DATASET.PIN_MEMORY", "DATASET.PERSISTENT_WORKERS",
-    "DATASET.DOWNLOAD", "DATASET.TEST.BATCH_SIZE", "DISTILLER.TEACHER_WEIGHTS", "ICKD.BANK.CACHE_DIR",
-    "ICKD.BANK.DEVICE",
-)
+NON_NAMING_KEYS = NON_TRAINING_KEYS
 # Config keys that may differ between a run and its resume: those above (a moved dataset, more
-# loader workers), the NaN policy, and SOLVER.EPOCHS (to extend a finished run; the epochs
+# loader workers, the NaN policy), and SOLVER.EPOCHS (to extend a finished run; the epochs
 # already trained keep their history).
-RESUMABLE_KEY_PREFIXES = NON_NAMING_KEYS + ("SOLVER.NAN_", "SOLVER.EPOCHS")
+RESUMABLE_KEYS = NON_TRAINING_KEYS + ("SOLVER.EPOCHS",)
 
 
 class ExistingRunError(ValueError):
@@ -159,28 +156,24 @@ def recorded_config(log_path: str, state: dict[str, Any]) -> str | None:
         return None
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
-    return flat
-
-
-def config_diff(recorded: str, current: str, ignore: Iterable[str] = RESUMABLE_KEY_PREFIXES) -> list[tuple[str, Any, Any]]:
-    """(key, recorded value, current value) for every key whose value changed, `ignore` prefixes left out.
+def config_diff(recorded: str, current: str, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[tuple[str, Any, Any]]:
+    """(key, recorded value, current value) for every key whose value changed, `ignore` keys left out
+    (an entry ending in "." covers its node).
 
     Keys present on one side only (a key added to the harness after the run started) are
     not differences: the run never had a value to compare.
     """
-    old, new = _flatten(yaml.safe_load(recorded) or {}), _flatten(yaml.safe_load(current) or {})
+    old, new = flatten_config(yaml.safe_load(recorded) or {}), flatten_config(yaml.safe_load(current) or {})
     ignore = tuple(ignore)
     return [
         (key, old[key], new[key])
         for key in sorted(old.keys() & new.keys())
-        if old[key] != new[key] and not key.startswith(ignore)
+        if old[key] != new[key] and not _ignored(key, ignore)
     ]
+
+
+def _ignored(key: str, ignore: tuple[str, ...]) -> bool:
+    return any(key == entry or (entry.endswith(".") and key.startswith(entry)) for entry in ignore)
 
 
 def check_resume_config(log_path: str, state: dict[str, Any], current: str) -> None:

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from kdharness.data.loaders import build_train_eval_loader
 from kdharness.engine import distributed, run_dir
 from kdharness.engine.checkpoint import atomic_write_bytes, save_checkpoint
 from kdharness.engine.step_state import StepStateSnapshot
@@ -125,6 +126,9 @@ class BaseTrainer:
         self._stop_agreed = False  # distributed: some rank had a stop signal at the last step
         self._lock_handle = None
         self.tf_writer = None
+        self.train_eval_loader = None
+        if cfg.LOG.get("EVAL_TRAIN_SET", False) and hasattr(train_loader, "dataset"):
+            self.train_eval_loader = build_train_eval_loader(cfg, train_loader.dataset, val_loader.dataset)
         if self.is_main:
             os.makedirs(self.log_path, exist_ok=True)
             self._acquire_lock()
@@ -460,26 +464,30 @@ class BaseTrainer:
             f"Loss:{m['losses'].avg:.4f}| Top-1:{m['top1'].avg:.3f}| Top-5:{m['top5'].avg:.3f}"
         )
 
+    def evaluates(self, epoch: int) -> bool:
+        """Whether `epoch` ends with an evaluation: every LOG.EVAL_FREQ epochs and the last one."""
+        return epoch % int(self.cfg.LOG.EVAL_FREQ) == 0 or epoch == self.cfg.SOLVER.EPOCHS
+
     def end_epoch(self, epoch: int, lr: float) -> None:
-        """Evaluate, log, checkpoint (rank 0 only), then run `after_epoch` hooks."""
-        test_acc, test_acc_top5, test_loss = validate(self.val_loader, self.distiller, self.device)
-        metrics = OrderedDict(
-            train_acc=self.meters["top1"].avg,
-            train_loss=self.meters["losses"].avg,
-            test_acc=test_acc,
-            test_acc_top5=test_acc_top5,
-            test_loss=test_loss,
-        )
-        improved = test_acc > self.best_acc
-        if improved:
-            self.best_acc, self.best_epoch = test_acc, epoch
+        """Evaluate (on LOG.EVAL_FREQ's epochs), log, checkpoint (rank 0 only), then run `after_epoch` hooks."""
+        metrics = OrderedDict(train_acc=self.meters["top1"].avg, train_loss=self.meters["losses"].avg)
+        improved = False
+        if self.evaluates(epoch):
+            test_acc, test_acc_top5, test_loss = validate(self.val_loader, self.distiller, self.device)
+            metrics.update(test_acc=test_acc, test_acc_top5=test_acc_top5, test_loss=test_loss)
+            if self.train_eval_loader is not None:
+                fit_acc, _, fit_loss = validate(self.train_eval_loader, self.distiller, self.device)
+                metrics.update(train_eval_acc=fit_acc, train_eval_loss=fit_loss)
+            improved = test_acc > self.best_acc
+            if improved:
+                self.best_acc, self.best_epoch = test_acc, epoch
         self.history.append({"epoch": epoch, "lr": lr, **metrics, **self.diagnostics.history_entry()})
         self._call_hooks("before_checkpoint", self.global_step)
         if self.is_main:
             self.diagnostics.write_epoch(self.tf_writer, epoch)  # before _log_epoch, which flushes
             self._log_epoch(epoch, lr, metrics)
             state = self._state(epoch, 0)
-            student_state = {"model": unwrap(self.distiller).student.state_dict(), "epoch": epoch, "test_acc": test_acc}
+            student_state = {"model": unwrap(self.distiller).student.state_dict(), "epoch": epoch, "test_acc": metrics.get("test_acc")}
             self._save_latest(state)
             self._save(student_state, "student_latest")
             if self.cfg.LOG.SAVE_CHECKPOINT_FREQ and epoch % self.cfg.LOG.SAVE_CHECKPOINT_FREQ == 0:
@@ -500,12 +508,17 @@ class BaseTrainer:
         lines.append("-" * 25)
         with open(os.path.join(self.log_path, "worklog.txt"), "a") as writer:
             writer.write("\n".join(lines) + "\n")
-        print(log_msg(f"Epoch {epoch}: test top-1 {metrics['test_acc']:.2f}, top-5 {metrics['test_acc_top5']:.2f}", "EVAL"))
+        if "test_acc" in metrics:
+            fit = f", train set (no augmentation) {metrics['train_eval_acc']:.2f}" if "train_eval_acc" in metrics else ""
+            print(log_msg(f"Epoch {epoch}: test top-1 {metrics['test_acc']:.2f}, top-5 {metrics['test_acc_top5']:.2f}{fit}", "EVAL"))
+        else:
+            print(log_msg(f"Epoch {epoch}: train top-1 {metrics['train_acc']:.2f} (test evaluated every LOG.EVAL_FREQ = {self.cfg.LOG.EVAL_FREQ} epochs)", "TRAIN"))
 
     def write_summary(self, complete: bool) -> dict[str, Any]:
         """The machine-readable record of the run that sweeps and leaderboards read."""
         cfg = self.cfg
         base = cfg.ICKD.BASE if cfg.DISTILLER.TYPE == "ICKD" and "ICKD" in cfg else None
+        last_evaluated = next((entry for entry in reversed(self.history) if "test_acc" in entry), {})
         summary = {
             "complete": complete,
             "experiment": os.path.basename(self.log_path),
@@ -520,8 +533,8 @@ class BaseTrainer:
             "epochs": cfg.SOLVER.EPOCHS,
             "best_top1": self.best_acc,
             "best_epoch": self.best_epoch,
-            "last_top1": self.history[-1]["test_acc"] if self.history else None,
-            "last_top5": self.history[-1]["test_acc_top5"] if self.history else None,
+            "last_top1": last_evaluated.get("test_acc"),
+            "last_top5": last_evaluated.get("test_acc_top5"),
             "wall_time_s": round(self.wall_time, 3),
             "skipped_steps": self.skipped_steps,
             "history": self.history,
@@ -543,8 +556,12 @@ TRAINER_METHOD_SUFFIX = {"dot": "+DOT", "crd_dot": "+DOT"}
 
 
 def method_name(cfg) -> str:
-    """The leaderboard column of a run: "KD", "DKD", "ICKD+DKD", "ICKD(online)+KD", "IC-KD-all+KD", "KD+DOT", ..."""
-    return _loss_method_name(cfg) + TRAINER_METHOD_SUFFIX.get(cfg.SOLVER.TRAINER, "")
+    """The leaderboard column of a run: "KD", "DKD", "ICKD+DKD", "ICKD(online)+KD", "IC-KD-all+KD", "KD+DOT",
+    "LS" (vanilla with SOLVER.LABEL_SMOOTHING), "KD+LS", ..."""
+    name = _loss_method_name(cfg)
+    if cfg.SOLVER.get("LABEL_SMOOTHING", 0.0) > 0:
+        name = "LS" if name == "vanilla" else f"{name}+LS"
+    return name + TRAINER_METHOD_SUFFIX.get(cfg.SOLVER.TRAINER, "")
 
 
 def _loss_method_name(cfg) -> str:

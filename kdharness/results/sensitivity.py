@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from kdharness.config import NON_TRAINING_KEYS, SEED_KEY, flatten_config
 from kdharness.results.summaries import VANILLA, Cell, Metric, RunSummary, load_summaries
 
 __all__ = [
@@ -69,13 +70,8 @@ ICKD_ALL = Param("ICKD.ALL_SAME_CLASS", "IC-KD-all")
 MIN_VALUES = 4  # values per panel in the paper's Figs. 4 and 5; fewer is reported
 
 # Config keys that say where or how fast a run happened, not what it trained: not compared
-# between a run and its centre. Covers kdharness.engine.run_dir.NON_NAMING_KEYS (tested).
-BOOKKEEPING_KEYS = (
-    "EXPERIMENT.", "LOG.", "DATASET.ROOT", "DATASET.NUM_WORKERS", "DATASET.PIN_MEMORY",
-    "DATASET.PERSISTENT_WORKERS", "DATASET.DOWNLOAD", "DATASET.TEST.BATCH_SIZE",
-    "DISTILLER.TEACHER_WEIGHTS", "ICKD.BANK.CACHE_DIR", "ICKD.BANK.DEVICE", "ICKD.BANK.USE_CACHE",
-    "ICKD.BANK.BATCH_SIZE", "ICKD.BANK.CHUNK_SIZE",
-)
+# between a run and its centre. The host's one list, plus the seed (kdharness.config).
+BOOKKEEPING_KEYS = NON_TRAINING_KEYS + (SEED_KEY,)
 # Also ignored when matching a baseline run to a sweep: what differs between methods by design.
 _METHOD_KEYS = ("ICKD.", "DISTILLER.TYPE", "SOLVER.TRAINER")
 
@@ -112,18 +108,6 @@ def parse_experiment(experiment: str) -> tuple[str, dict[str, str]]:
             first += "," + part
     overrides.pop(_SEED_KEY, None)
     return first, overrides
-
-
-def flatten_config(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"ICKD": {"K": 8}}`` -> ``{"ICKD.K": 8}``."""
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_config(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 @dataclass(frozen=True)

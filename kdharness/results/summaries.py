@@ -17,10 +17,22 @@ import json
 import math
 import os
 import re
+
+import yaml
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from kdharness.config import flatten_config
+from kdharness.results.settings import (
+    column_labels,
+    describe_differences,
+    differences,
+    method_of_column,
+    partition_by_settings,
+    settings_from_config,
+    shared_settings,
+)
 from kdharness.results.stats import PairedComparison, mean, paired_comparison, sample_std
 
 __all__ = [
@@ -94,6 +106,8 @@ class RunSummary:
     skipped_steps: int = 0  # steps dropped for a non-finite loss (SOLVER.NAN_POLICY skip)
     wall_time_s: float | None = None  # the run's wall time, resumed parts summed
     diagnostics: Mapping[str, float] = field(default_factory=dict)  # the last epoch's means (ICKD's, ...)
+    config: Mapping[str, Any] = field(default_factory=dict)  # the recorded config, flattened ("SOLVER.LR": 0.05)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # what it trained with (kdharness.results.settings)
 
     @property
     def pair(self) -> Pair:
@@ -120,6 +134,11 @@ class RunSummary:
         if last is not None and not isinstance(last, (int, float)):
             raise SummaryError(f"{path}: last_top1 = {last!r}; expected a number or null")
         history = data.get("history") or []
+        config = data.get("config")
+        try:
+            parsed = yaml.load(config, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if isinstance(config, str) else config
+        except yaml.YAMLError:
+            parsed = None
         return cls(
             path=path,
             complete=data["complete"],
@@ -136,6 +155,8 @@ class RunSummary:
             skipped_steps=data.get("skipped_steps") if isinstance(data.get("skipped_steps"), int) else 0,
             wall_time_s=_number_or_none(data.get("wall_time_s")),
             diagnostics=_last_diagnostics(history),
+            config=flatten_config(parsed) if isinstance(parsed, Mapping) else {},
+            settings=settings_from_config(parsed),
         )
 
 
@@ -223,9 +244,11 @@ def load_summaries(paths: Iterable[str], include_skipped: bool = False) -> tuple
 # -- aggregation --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Cell:
-    """The runs of one method on one pair: (seed, value, summary path) triples."""
+    """The runs of one method on one pair, trained with the same settings: (seed, value,
+    summary path) triples, and those settings (kdharness.results.settings)."""
 
     runs: tuple[tuple[int, float, str], ...]
+    settings: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def values(self) -> list[float]:
@@ -304,17 +327,23 @@ def ickd_base(name: str) -> str | None:
 
 def method_order(name: str) -> tuple[int, int, bool, str]:
     """KD, ICKD+KD, ICKD(online)+KD, IC-KD-all+KD, DKD, ICKD+DKD, ...: each baseline beside ICKD
-    added to it, the offline paradigm before the online and teacher-free ones."""
-    kind, base = ickd_kind(name), ickd_base(name)
-    base = name if base is None else base
+    added to it, the offline paradigm before the online and teacher-free ones; the groups of
+    a method split by settings (``KD [SOLVER.EPOCHS=1]``) beside it."""
+    method = method_of_column(name)
+    kind, base = ickd_kind(method), ickd_base(method)
+    base = method if base is None else base
     rank = _BASE_ORDER.index(base) if base in _BASE_ORDER else len(_BASE_ORDER)
-    return (rank, kind, "(" in name, base if rank == len(_BASE_ORDER) else name)
+    return (rank, kind, "(" in method, (base if rank == len(_BASE_ORDER) else method) + name[len(method):])
 
 
 def _make_cell(runs: list[RunSummary], metric: Metric) -> Cell:
-    """Runs sorted by seed; `aggregate` has already dropped runs without a value."""
+    """Runs sorted by seed; `aggregate` has already dropped runs without a value and split
+    runs with different settings; the cell keeps the settings all its runs hold."""
     ordered = sorted(runs, key=lambda run: (run.seed, run.path))
-    return Cell(tuple((run.seed, float(run.value(metric) or 0.0), run.path) for run in ordered))
+    common = dict(ordered[0].settings) if ordered else {}
+    for run in ordered[1:]:
+        common.update({key: value for key, value in run.settings.items() if key not in common})
+    return Cell(tuple((run.seed, float(run.value(metric) or 0.0), run.path) for run in ordered), common)
 
 
 def _duplicate_seed_warnings(where: str, runs: list[RunSummary]) -> list[str]:
@@ -322,8 +351,8 @@ def _duplicate_seed_warnings(where: str, runs: list[RunSummary]) -> list[str]:
     for run in runs:
         by_seed[run.seed].append(run.path)
     return [
-        f"{where}: seed {seed} has {len(paths)} runs ({', '.join(paths)}); they count as separate samples"
-        " (if they are different variants, use --by label)"
+        f"{where}: seed {seed} has {len(paths)} runs ({', '.join(paths)}) trained with the same settings; "
+        "they count as separate samples"
         for seed, paths in sorted(by_seed.items())
         if len(paths) > 1
     ]
@@ -331,6 +360,11 @@ def _duplicate_seed_warnings(where: str, runs: list[RunSummary]) -> list[str]:
 
 def aggregate(summaries: Iterable[RunSummary], metric: Metric = "best", by: GroupBy = "method") -> Leaderboard:
     """Group complete runs into pair rows and method (or label) columns.
+
+    Runs of one method (or label) share a cell only when they were trained with the same
+    settings (`kdharness.results.settings`): a method whose runs differ in anything but the
+    seed and the non-training keys gets one column per group, labelled with the differing
+    keys (``KD [SOLVER.EPOCHS=1]``), and a warning says so.
 
     A vanilla run is the vanilla cell of its own pair and also the teacher cell of every
     pair whose teacher is its student. Its own row is shown only when the pair has other
@@ -372,17 +406,50 @@ def aggregate(summaries: Iterable[RunSummary], metric: Metric = "best", by: Grou
         where = f"{dataset} {teacher} -> {student}"
         row = PairRow(dataset, teacher, student)
         if (dataset, teacher) in teacher_runs:
-            row.teacher_cell = _make_cell(teacher_runs[(dataset, teacher)], metric)
+            row.teacher_cell = _teacher_cell(f"{dataset} teacher {teacher}", teacher_runs[(dataset, teacher)], metric, warnings)
         for key, key_runs in grouped[pair].items():
-            row.cells[key] = _make_cell(key_runs, metric)
-            warnings.extend(_duplicate_seed_warnings(f"{where}, {key}", key_runs))
-            if key != VANILLA:
-                columns.add(key)
+            for label, group in _split_by_settings(f"{where}, {key}", key, key_runs, warnings):
+                row.cells[label] = _make_cell(group, metric)
+                warnings.extend(_duplicate_seed_warnings(f"{where}, {label}", group))
+                if label != VANILLA:
+                    columns.add(label)
         rows.append(row)
     for (dataset, model), model_runs in sorted(teacher_runs.items()):
         warnings.extend(_duplicate_seed_warnings(f"{dataset} teacher {model}", model_runs))
     order = method_order if by == "method" else (lambda name: (0, 0, False, name))
     return Leaderboard(rows, sorted(columns, key=order), metric, by, warnings)
+
+
+def _ordered(runs: Sequence[RunSummary]) -> list[RunSummary]:
+    return sorted(runs, key=lambda run: (run.seed, run.path))
+
+
+def _split_by_settings(
+    where: str, key: str, runs: Sequence[RunSummary], warnings: list[str]
+) -> list[tuple[str, list[RunSummary]]]:
+    """(column label, runs) per group of `runs` trained with the same settings; one group: `key`."""
+    groups = partition_by_settings(_ordered(runs), lambda run: run.settings)
+    if len(groups) == 1:
+        return [(key, groups[0])]
+    labelled = list(zip(column_labels(key, [group[0].settings for group in groups]), groups))
+    names = ", ".join(f"{label!r} ({len(group)} runs)" for label, group in labelled)
+    warnings.append(
+        f"{where}: runs trained with different settings are not averaged together; shown as {names}"
+    )
+    return labelled
+
+
+def _teacher_cell(where: str, runs: Sequence[RunSummary], metric: Metric, warnings: list[str]) -> Cell | None:
+    """The teacher cell, or None (with a warning) when the teacher's runs were trained differently."""
+    groups = partition_by_settings(_ordered(runs), lambda run: run.settings)
+    if len(groups) > 1:
+        found = differences(groups[0][0].settings, groups[1][0].settings)
+        warnings.append(
+            f"{where}: its runs were trained with different settings "
+            f"({describe_differences(found, groups[0][0].path, groups[1][0].path)}); no teacher accuracy is shown"
+        )
+        return None
+    return _make_cell(list(runs), metric)
 
 
 # -- paired comparison over the leaderboard ----------------------------------------------
@@ -408,28 +475,62 @@ def _by_seed(cell: Cell, name: str) -> tuple[dict[int, float], list[str]]:
     return values, duplicates
 
 
+def _columns_showing(row: PairRow, name: str) -> list[str]:
+    """The cells of `row` that show `name`: its own column, or the groups it was split into."""
+    if name in row.cells:
+        return [name]
+    return [label for label in row.cells if method_of_column(label) == name]
+
+
 def compare(board: Leaderboard, a: str, b: str, confidence: float = 0.95) -> list[MethodComparison]:
     """The paired comparison of columns `a` and `b` (either may be "vanilla") on every pair.
 
     Runs are matched by seed; seeds that only one side has are left out and named in the
     note, and a seed with several runs on one side makes the pairing ambiguous (no result).
+    Only runs trained with the same shared settings are paired (`kdharness.results.settings`):
+    a pair whose two columns differ in, say, SOLVER.EPOCHS gets no result, and a note naming
+    the keys. A name whose runs were split by settings (``KD`` shown as ``KD [SOLVER.EPOCHS=1]``
+    and ``KD [SOLVER.EPOCHS=3]``) stands for the one group that matches the other side.
     """
-    known = set(board.columns) | {VANILLA}
+    known = set(board.columns) | {VANILLA} | {method_of_column(column) for column in board.columns}
+    for row in board.rows:
+        known |= set(row.cells) | {method_of_column(label) for label in row.cells}
     for name in (a, b):
         if name not in known:
             raise KeyError(f"no column {name!r} in the leaderboard; columns: {', '.join(sorted(known))}")
     out: list[MethodComparison] = []
     for row in board.rows:
-        if a not in row.cells or b not in row.cells:
+        columns_a, columns_b = _columns_showing(row, a), _columns_showing(row, b)
+        if not columns_a or not columns_b:
             continue
-        values_a, dup_a = _by_seed(row.cells[a], a)
-        values_b, dup_b = _by_seed(row.cells[b], b)
+        options = [(ca, cb) for ca in columns_a for cb in columns_b if ca != cb or a == b]
+        matching = [
+            (ca, cb) for ca, cb in options
+            if not differences(shared_settings(row.cells[ca].settings), shared_settings(row.cells[cb].settings))
+        ]
+        if not matching:
+            ca, cb = options[0] if options else (columns_a[0], columns_b[0])
+            found = differences(shared_settings(row.cells[ca].settings), shared_settings(row.cells[cb].settings))
+            out.append(MethodComparison(*row.pair, (), None,
+                                        f"not paired, trained differently: {describe_differences(found, ca, cb)}"))
+            continue
+        if len(matching) > 1:
+            listed = "; ".join(f"{ca!r} vs {cb!r}" for ca, cb in matching)
+            out.append(MethodComparison(*row.pair, (), None,
+                                        f"ambiguous: several groups match ({listed}); name the columns in full"))
+            continue
+        ca, cb = matching[0]
+        notes = [f"as {ca!r} vs {cb!r}"] if (ca, cb) != (a, b) else []
+        values_a, dup_a = _by_seed(row.cells[ca], ca)
+        values_b, dup_b = _by_seed(row.cells[cb], cb)
         if dup_a or dup_b:
             out.append(MethodComparison(*row.pair, (), None, "ambiguous pairing: " + "; ".join(dup_a + dup_b)))
             continue
         seeds = sorted(values_a.keys() & values_b.keys())
         unpaired = sorted(values_a.keys() ^ values_b.keys())
-        note = f"unpaired seeds left out: {unpaired}" if unpaired else ""
+        if unpaired:
+            notes.append(f"unpaired seeds left out: {unpaired}")
+        note = "; ".join(notes)
         if not seeds:
             out.append(MethodComparison(*row.pair, (), None, note or "no common seeds"))
             continue
@@ -443,9 +544,11 @@ def ickd_baselines(board: Leaderboard) -> list[tuple[str, str]]:
     online ICKD vs DML (the same online training without the ICKD terms, see method_name)."""
     available = set(board.columns) | ({VANILLA} if any(VANILLA in row.cells for row in board.rows) else set())
     pairs = []
+    available |= {method_of_column(column) for column in board.columns}
     for column in board.columns:
-        if ickd_kind(column):
-            base = "DML" if "(online)" in column else (ickd_base(column) or VANILLA)
+        method = method_of_column(column)
+        if ickd_kind(method):
+            base = "DML" if "(online)" in method else (ickd_base(method) or VANILLA)
             if base in available:
                 pairs.append((column, base))
     return pairs
