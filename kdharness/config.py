@@ -12,7 +12,9 @@ This module reads and checks a config; it imports nothing of the host but the re
 """
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
@@ -337,19 +339,46 @@ def merge_config(
     try:
         cfg.merge_from_other_cfg(CN(data))
     except (KeyError, ValueError, AssertionError, TypeError) as error:
-        raise ConfigError(f"{path}: {_yacs_message(error)}") from error
+        raise ConfigError(f"{path}: {_yacs_message(error, cfg)}") from error
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError) as error:
-        raise ConfigError(f"command-line override: {_yacs_message(error)}") from error
+        raise ConfigError(f"command-line override: {_yacs_message(error, cfg)}") from error
     return cfg
 
 
-def _yacs_message(error: Exception) -> str:
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def _yacs_message(error: Exception, cfg: CN) -> str:
     text = str(error.args[0]) if error.args else str(error)
-    if "Non-existent config key" in text:
-        return text + " (check the spelling against kdharness/config.py and the plugin's node)"
+    unknown = _UNKNOWN_KEY.search(text)
+    if unknown:
+        return f"{text}; {suggest_keys(unknown.group(1), cfg)}"
     return text
+
+
+def suggest_keys(key: str, cfg: CN) -> str:
+    """``did you mean SOLVER.EPOCHS?``: the closest existing keys to a misspelt one (difflib),
+    or where the keys are listed when nothing is close.
+
+    The last part is matched among the keys of the same node (``SOLVER.EPOCH`` against the
+    keys of SOLVER, not against every ``SOLVER.*`` string, which all look alike); a misspelt
+    node is matched first.
+    """
+    known = list(flatten_config(cfg))
+    node, _, leaf = key.rpartition(".")
+    nodes = sorted({k.rpartition(".")[0] for k in known})
+    if node not in nodes:
+        node = next(iter(difflib.get_close_matches(node, nodes, n=1, cutoff=0.6)), node)
+    leaves = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == node}
+    close = [leaves[name] for name in difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.6)]
+    if not close:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.85)
+    where = "keys and defaults: kdharness/config.py, a plugin's in its own node (ickd_plugin/config.py)"
+    if close:
+        return f"did you mean {' or '.join(close)}? ({where})"
+    return f"no key is close ({where})"
 
 
 def validate_config(cfg: CN) -> None:

@@ -8,8 +8,26 @@ from kdharness.compose import load_config
 from kdharness.config import ConfigError
 
 
+EPILOG = """examples:
+  python tools/train.py --cfg configs/cifar100/kd/res32x4_res8x4.yaml
+  python tools/train.py --cfg configs/cifar100/ickd_dkd/res32x4_res8x4.yaml SOLVER.EPOCHS 120 EXPERIMENT.SEED 1
+  python tools/train.py --cfg configs/fashion_mnist/ickd_kd/res14_res8.yaml --resume      # continue a stopped run
+  python tools/train.py --cfg configs/fashion_mnist/ickd_kd/res14_res8.yaml --start-over  # train it again
+
+The run writes to LOG.PREFIX/EXPERIMENT.PROJECT/<NAME or TAG>[,overrides]/ (worklog.txt with the
+config, summary.json, checkpoints). Every key, with its default and meaning: kdharness/config.py
+(ICKD's: ickd_plugin/config.py); the method and its choices: docs/method.md; README.md for more.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser("training for knowledge distillation.")
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a student (and its distiller) from a YAML config, as mdistiller's tools/train.py; "
+                    "KEY VALUE pairs after the options override the config.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--cfg", type=str, required=True, help="YAML config, e.g. configs/cifar100/kd/res32x4_res8x4.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's newest intact checkpoint")
     parser.add_argument("--start-over", action="store_true",
@@ -29,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # Imported once the config is known to be good: a typo is reported before torch loads.
-    from kdharness.engine.build import build_trainer
+    from kdharness.engine.build import build_trainer, check_run_directory
     from kdharness.engine.checkpoint import CheckpointError
     from kdharness.engine.trainer import EXIT_RUN_DIRECTORY_LOCKED, NonFiniteLossError, RunDirectoryLocked
     from kdharness.engine.utils import log_msg
 
     try:
-        print(log_msg(f"CONFIG:\n{cfg.dump()}", "INFO"))
+        check_run_directory(cfg, args.opts or [], resume=args.resume, start_over=args.start_over)
         trainer = build_trainer(cfg, args.opts or [])
         trainer.train(resume=args.resume, start_over=args.start_over)
     except RunDirectoryLocked as error:

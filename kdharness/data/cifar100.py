@@ -20,11 +20,11 @@ from kdharness.data.indexed import train_subset_positions
 from kdharness.registry import register_dataset
 
 FOLDER = _TorchvisionCIFAR100.base_folder  # "cifar-100-python"
-HOW_TO_GET = (
-    "set DATASET.DOWNLOAD True on a machine with network access, or download "
-    f"{_TorchvisionCIFAR100.url} and extract it so that DATASET.ROOT contains {FOLDER}/"
-    "{train,test,meta}"
+_BY_HAND = (
+    f"download {_TorchvisionCIFAR100.url} (on any machine with network access) and extract it so that "
+    f"DATASET.ROOT contains {FOLDER}/{{train,test,meta}}"
 )
+HOW_TO_GET = f"set DATASET.DOWNLOAD True on a machine with network access, or {_BY_HAND}"
 
 
 class CIFAR100(_TorchvisionCIFAR100):
@@ -81,7 +81,7 @@ def build_cifar100(cfg: Any, train: bool) -> CIFAR100:
         except Exception as error:  # no network, proxy, disk: all mean "not here"
             raise FileNotFoundError(
                 f"CIFAR-100 is not under DATASET.ROOT = {cfg.DATASET.ROOT!r} (expected {expected}/) "
-                f"and downloading it failed ({type(error).__name__}: {error}); {HOW_TO_GET}"
+                f"and downloading it failed ({type(error).__name__}: {error}); {_BY_HAND}"
             ) from error
     missing = _missing(root)
     if missing:

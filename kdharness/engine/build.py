@@ -19,7 +19,8 @@ from kdharness.compose import load_builtin_components
 from kdharness.config import ConfigError, is_non_training_key
 from kdharness.data import build_datasets, build_loaders
 from kdharness.distillers._base import TEACHER_NONE, TEACHER_PRETRAINED
-from kdharness.engine import distributed
+from kdharness.engine import distributed, run_dir
+from kdharness.engine.checkpoint import CheckpointError
 from kdharness.engine.trainer import BaseTrainer  # noqa: F401  (registers the base trainer)
 from kdharness.engine.utils import log_msg, seed_everything
 from kdharness.models import create_model
@@ -91,6 +92,23 @@ def check_log_prefix(cfg) -> None:
             f"LOG.PREFIX = {value!r} is not writable ({error.strerror or error}: {error.filename or prefix}); "
             "set LOG.PREFIX to a directory you can write to"
         ) from error
+
+
+def check_run_directory(cfg, opts: Sequence[str] = (), resume: bool = False, start_over: bool = False) -> None:
+    """Refuse, before data and models load, what `trainer.train(resume, start_over)` would refuse
+    about the run directory: `--resume` with nothing to resume (or with a changed config, as far
+    as the run's summary.json tells), or a fresh start over a run. Only reads; creates nothing."""
+    log_path = os.path.join(cfg.LOG.PREFIX, experiment_name(cfg, opts))
+    if resume:
+        if not any(os.path.exists(path) for path in run_dir.resume_candidates(log_path)):
+            where = "does not exist" if not os.path.isdir(log_path) else "holds no checkpoint"
+            raise CheckpointError(
+                f"--resume: nothing to resume: run directory {log_path!r} {where} (a run writes 'latest' at the end of "
+                "each epoch); train it without --resume, or check EXPERIMENT.NAME, LOG.PREFIX and the overrides"
+            )
+        run_dir.check_resume_config(log_path, {}, cfg.dump())
+    else:
+        run_dir.prepare_fresh_start(log_path, start_over, move=False)
 
 
 def build_trainer(cfg, opts: Sequence[str] = (), device: str | None = None):

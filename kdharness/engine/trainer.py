@@ -42,6 +42,7 @@ from kdharness.engine.utils import (
     rng_state,
     set_learning_rate,
     set_rng_state,
+    shows_progress,
 )
 from kdharness.registry import register_trainer
 
@@ -75,7 +76,7 @@ def validate(val_loader, distiller: nn.Module, device: torch.device) -> tuple[fl
     meters = {name: AverageMeter() for name in ("loss", "top1", "top5")}
     distiller.eval()
     with torch.no_grad():
-        for data in tqdm(val_loader, desc="eval", leave=False, disable=not is_main_process()):
+        for data in tqdm(val_loader, desc="eval", leave=False, disable=not (is_main_process() and shows_progress())):
             image, target = data[0].to(device, non_blocking=True), data[1].to(device, non_blocking=True)
             output = distiller(image=image)
             top1, top5 = accuracy(output, target, topk=(1, 5))
@@ -129,12 +130,11 @@ class BaseTrainer:
         self.train_eval_loader = None
         if cfg.LOG.get("EVAL_TRAIN_SET", False) and hasattr(train_loader, "dataset"):
             self.train_eval_loader = build_train_eval_loader(cfg, train_loader.dataset, val_loader.dataset)
-        if self.is_main:
-            os.makedirs(self.log_path, exist_ok=True)
-            self._acquire_lock()
-            from tensorboardX import SummaryWriter
-
-            self.tf_writer = SummaryWriter(os.path.join(self.log_path, "train.events"))
+        # The directory, its lock (a second live run is refused at once) and the event writer.
+        # `kdharness.engine.build.check_run_directory` refuses a command that cannot run
+        # before the trainer is built: such a command creates nothing.
+        self._open_run_directory()
+        self._open_event_writer()
 
     # -- set-up -------------------------------------------------------------------------
     def init_optimizer(self, cfg) -> torch.optim.Optimizer:
@@ -157,7 +157,12 @@ class BaseTrainer:
                 method(self, *args)
 
     def _acquire_lock(self) -> None:
-        """Refuse a second live run in the same directory; the OS drops the lock when we die."""
+        """Refuse a second live run in the same directory; the OS drops the lock when we die.
+
+        The file names its holder while the run lives and is emptied when the run ends; a
+        holder named by a file whose lock nobody holds is a process that died, and its lock
+        is taken over with a note.
+        """
         path = os.path.join(self.log_path, "run.lock")
         handle = open(path, "a+")
         try:
@@ -171,16 +176,36 @@ class BaseTrainer:
                 "choose another EXPERIMENT.NAME / LOG.PREFIX or wait for it to finish"
             ) from None
         handle.seek(0)
+        stale = handle.read().strip()
+        if stale:
+            print(log_msg(f"taking over the lock of {path}: its holder ({stale}) ended without releasing it", "INFO"))
+        handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
         handle.flush()
         self._lock_handle = handle
 
     def _release_lock(self) -> None:
+        """Empty the lock file (it then names no holder) and unlock it."""
         if self._lock_handle is not None:
+            self._lock_handle.seek(0)
+            self._lock_handle.truncate()
+            self._lock_handle.flush()
             fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
             self._lock_handle.close()
             self._lock_handle = None
+
+    def _open_run_directory(self) -> None:
+        """Rank 0: create the run directory and take its lock (before anything in it changes)."""
+        if self.is_main:
+            os.makedirs(self.log_path, exist_ok=True)
+            self._acquire_lock()
+
+    def _open_event_writer(self) -> None:
+        if self.is_main:
+            from tensorboardX import SummaryWriter
+
+            self.tf_writer = SummaryWriter(os.path.join(self.log_path, "train.events"))
 
     # -- checkpoints --------------------------------------------------------------------
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
@@ -227,16 +252,16 @@ class BaseTrainer:
         if moved is not None:
             print(log_msg(f"--start-over: the earlier run in {self.log_path} was moved to {moved}", "WARN"))
             self.tf_writer.close()  # its events file moved along; continue in a new one
-            from tensorboardX import SummaryWriter
-
-            self.tf_writer = SummaryWriter(os.path.join(self.log_path, "train.events"))
+            self._open_event_writer()
+        if self.is_main:
+            print(log_msg(f"run directory {self.log_path} (its config and every epoch go to worklog.txt)", "INFO"))
         return None
 
     def load_resume_state(self) -> None:
         """Load the newest intact full checkpoint (say which were skipped and why) and continue from it."""
         self._restore(self._prepare_run_directory(resume=True, start_over=False))
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any], announce: bool = True) -> None:
         unwrap(self.distiller).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state.get("scaler", {}))
@@ -258,7 +283,7 @@ class BaseTrainer:
             self.start_epoch, self.start_step = state["epoch"] + 1, 0
         if "rng" in state:
             set_rng_state(state["rng"])
-        if self.is_main:
+        if self.is_main and announce:
             where = f"step {self.start_step} of {len(self.train_loader)}" if self.start_step else "its start"
             source = self._resumed_from or "the checkpoint"
             print(log_msg(
@@ -287,6 +312,20 @@ class BaseTrainer:
         (`run_dir.ExistingRunError`) unless `start_over`, which moves that run aside first.
         """
         state = self._prepare_run_directory(resume, start_over)
+        try:
+            return self._train_from(state)
+        finally:  # on every way out; the file then names no holder
+            if self.tf_writer is not None:
+                self.tf_writer.close()
+            self._release_lock()
+
+    def _train_from(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        if state is not None and state["epoch"] >= self.cfg.SOLVER.EPOCHS and not state.get("step_in_epoch"):
+            print(log_msg(
+                f"{self.log_path} is complete: all {self.cfg.SOLVER.EPOCHS} epochs are trained, nothing to resume "
+                f"(best top-1 {state['best_acc']:.2f}); raise SOLVER.EPOCHS to train it further", "INFO"))
+            self._restore(state, announce=False)
+            return self.write_summary(complete=True, persist=False)
         # Hooks may read the checkpoint about to be restored (ICKD takes an online bank from
         # it instead of building one the restore would overwrite).
         self.resume_state = state
@@ -300,18 +339,15 @@ class BaseTrainer:
                 self.train_epoch(epoch)
         except _StopRequested:
             print(log_msg(f"stopped by signal {self._stop_signal}; resume with --resume", "WARN"))
-            self._release_lock()
             raise SystemExit(128 + int(self._stop_signal or 0))
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
         summary = self.write_summary(complete=True)
         if self.is_main:
-            print(log_msg(f"Best accuracy: {self.best_acc:.2f} (epoch {self.best_epoch})", "EVAL"))
+            print(log_msg(f"Best accuracy: {self.best_acc:.2f} (epoch {self.best_epoch}); run directory {self.log_path}", "EVAL"))
             with open(os.path.join(self.log_path, "worklog.txt"), "a") as writer:
                 writer.write(f"best_acc\t{self.best_acc:.2f}\n")
-            self.tf_writer.close()
-        self._release_lock()
         return summary
 
     def train_epoch(self, epoch: int) -> None:
@@ -328,7 +364,7 @@ class BaseTrainer:
             self.diagnostics.reset()
         num_iter = len(self.train_loader) + first_step
         self.distiller.train()
-        pbar = tqdm(total=num_iter, initial=first_step, disable=not self.is_main, dynamic_ncols=True)
+        pbar = tqdm(total=num_iter, initial=first_step, disable=not (self.is_main and shows_progress()), dynamic_ncols=True)
         self._pbar = pbar  # closed by a NaN stop too, so its error line starts a line of its own
         step = first_step
         epoch_start = time.time()
@@ -340,7 +376,8 @@ class BaseTrainer:
             self.global_step += 1
             if losses is not None:  # a skipped step must not reach the hooks (ICKD would bank its features)
                 self._call_hooks("after_step", self.global_step, losses)
-            pbar.set_description(log_msg(self._progress_message(epoch), "TRAIN"))
+            if not pbar.disable:  # redrawn at tqdm's pace (mininterval), not at every step
+                pbar.set_description(log_msg(self._progress_message(epoch), "TRAIN"), refresh=False)
             pbar.update()
             stop = self._stop_requested()
             if stop or (self.cfg.LOG.SAVE_STEP_FREQ and step % self.cfg.LOG.SAVE_STEP_FREQ == 0 and step < num_iter):
@@ -354,6 +391,7 @@ class BaseTrainer:
                     raise _StopRequested
         pbar.close()
         self.wall_time += time.time() - epoch_start
+        self._epoch_seconds = time.time() - epoch_start
         self.end_epoch(epoch, lr)
 
     def _batch_to_device(self, data) -> dict[str, torch.Tensor]:
@@ -506,16 +544,27 @@ class BaseTrainer:
         lines = ["-" * 25, f"epoch: {epoch}", f"lr: {lr:.4f}"]
         lines += [f"{name}: {value:.2f}" for name, value in metrics.items()]
         lines.append("-" * 25)
-        with open(os.path.join(self.log_path, "worklog.txt"), "a") as writer:
+        path = os.path.join(self.log_path, "worklog.txt")
+        if not os.path.exists(path):  # the run's first record: its whole config first (it is not printed)
+            lines.insert(0, f"config:\n{self.cfg.dump()}")
+        with open(path, "a") as writer:
             writer.write("\n".join(lines) + "\n")
-        if "test_acc" in metrics:
-            fit = f", train set (no augmentation) {metrics['train_eval_acc']:.2f}" if "train_eval_acc" in metrics else ""
-            print(log_msg(f"Epoch {epoch}: test top-1 {metrics['test_acc']:.2f}, top-5 {metrics['test_acc_top5']:.2f}{fit}", "EVAL"))
-        else:
-            print(log_msg(f"Epoch {epoch}: train top-1 {metrics['train_acc']:.2f} (test evaluated every LOG.EVAL_FREQ = {self.cfg.LOG.EVAL_FREQ} epochs)", "TRAIN"))
+        print(log_msg(self._epoch_line(epoch, metrics), "EVAL" if "test_acc" in metrics else "TRAIN"))
 
-    def write_summary(self, complete: bool) -> dict[str, Any]:
-        """The machine-readable record of the run that sweeps and leaderboards read."""
+    def _epoch_line(self, epoch: int, metrics: dict[str, float]) -> str:
+        """What a person reads for each epoch: ``Epoch 3/6 (12 s): train loss 0.512, top-1 81.20 | test ...``."""
+        seconds = getattr(self, "_epoch_seconds", 0.0)
+        line = (f"Epoch {epoch}/{self.cfg.SOLVER.EPOCHS} ({seconds:.0f} s): train loss {metrics['train_loss']:.4f}, "
+                f"top-1 {metrics['train_acc']:.2f}")
+        if "test_acc" in metrics:
+            line += f" | test top-1 {metrics['test_acc']:.2f}, top-5 {metrics['test_acc_top5']:.2f}"
+            if "train_eval_acc" in metrics:
+                line += f" | train set without augmentation {metrics['train_eval_acc']:.2f}"
+        return line
+
+    def write_summary(self, complete: bool, persist: bool = True) -> dict[str, Any]:
+        """The machine-readable record of the run that sweeps and leaderboards read (written
+        to summary.json by rank 0 unless `persist` is False)."""
         cfg = self.cfg
         base = cfg.ICKD.BASE if cfg.DISTILLER.TYPE == "ICKD" and "ICKD" in cfg else None
         last_evaluated = next((entry for entry in reversed(self.history) if "test_acc" in entry), {})
@@ -541,7 +590,7 @@ class BaseTrainer:
             "config": cfg.dump(),
             **run_metadata(self.device),
         }
-        if self.is_main:
+        if self.is_main and persist:
             atomic_write_bytes(os.path.join(self.log_path, "summary.json"), json.dumps(summary, indent=1).encode())
         return summary
 

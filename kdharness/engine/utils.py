@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 from typing import Any, Iterable
 
 import numpy as np
@@ -44,6 +45,12 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Iterable[int] = (
             correct[: min(k, num_classes)].reshape(-1).float().sum().item() * 100.0 / batch_size
             for k in topk
         ]
+
+
+def shows_progress() -> bool:
+    """Whether progress bars are drawn: only on a terminal (tqdm writes to stderr). In a log
+    file or a pipe (sweeps, CI) every redraw would be a line; the per-epoch line says enough."""
+    return sys.stderr.isatty()
 
 
 def learning_rate(epoch: int, cfg: Any, step_fraction: float = 0.0) -> float:
