@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="output format (default: markdown)")
     parser.add_argument("--output", metavar="FILE", help="write the table (or comparison) to FILE instead of stdout")
     parser.add_argument("--plot", metavar="FILE.png", help="also write a PNG: accuracy per method per pair, error bars = std over seeds")
+    parser.add_argument("--curves", metavar="FILE.png",
+                        help="also write a PNG of learning curves: test top-1 (and top-1 on the training images, "
+                             "where LOG.EVAL_TRAIN_SET recorded it) per evaluated epoch, one line per run")
     parser.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), default=[],
                         help="paired comparison of column A against column B on every pair, matched by seed "
                              "(repeatable; 'vanilla' is a column). Prints comparisons instead of the leaderboard")
@@ -140,6 +143,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         print(f"wrote {args.plot}", file=sys.stderr)
+    if args.curves:
+        from kdharness.results.plot import plot_curves
+
+        try:
+            plot_curves(board, summaries, args.curves)
+        except (ImportError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.curves}", file=sys.stderr)
     return 0
 
 

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 from kdharness.results.reference import ReferenceFigure, reference_by_pair
 from kdharness.results.sensitivity import ICKD_ALL, Param, Sweep, value_order, format_value
-from kdharness.results.summaries import VANILLA, Cell, Leaderboard
+from kdharness.results.summaries import VANILLA, Cell, Leaderboard, RunSummary
 
-__all__ = ["plot_ickd_all", "plot_leaderboard", "plot_sensitivity"]
+__all__ = ["plot_curves", "plot_ickd_all", "plot_leaderboard", "plot_sensitivity"]
 
 TEACHER = "teacher"
 
@@ -97,6 +97,40 @@ def plot_leaderboard(board: Leaderboard, path: str, reference: Sequence[Referenc
         low, high = ax.get_ylim()
         if math.isfinite(low) and math.isfinite(high):
             ax.set_ylim(low - 0.5, high + 0.5)
+    figure.savefig(path, format="png", dpi=dpi)
+
+
+def plot_curves(board: Leaderboard, summaries: Sequence[RunSummary], path: str, dpi: int = 120) -> None:
+    """Write learning curves to `path` (PNG): one panel per teacher/student pair, one colour per
+    leaderboard column, one thin line per seed; test top-1 solid, top-1 on the training images
+    (``LOG.EVAL_TRAIN_SET``) dashed. The gap between the two is what a regulariser acts on, so a
+    converged-regime study shows both."""
+    colormaps, FigureCanvasAgg, Figure = _matplotlib()
+    by_path = {summary.path: summary for summary in summaries}
+    rows = [row for row in board.rows if any(cell.n for cell in row.cells.values())]
+    if not rows or not any(by_path[p].curves for row in rows for cell in row.cells.values() for _, _, p in cell.runs if p in by_path):
+        raise ValueError(f"nothing to plot into {path!r}: no run records per-epoch test accuracy")
+    columns = [VANILLA, *board.columns]
+    palette = colormaps["tab10" if len(columns) <= 10 else "tab20"]
+    figure = Figure(figsize=(7.5, 3.8 * len(rows)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(rows), 1, squeeze=False)[:, 0]
+    for ax, row in zip(axes, rows):
+        for name in [column for column in columns if column in row.cells]:
+            colour = palette(columns.index(name) % palette.N)
+            for index, (_, _, run_path) in enumerate(row.cells[name].runs):
+                curve = by_path[run_path].curves if run_path in by_path else ()
+                epochs = [point["epoch"] for point in curve]
+                ax.plot(epochs, [point["test_acc"] for point in curve], color=colour, lw=1,
+                        label=f"{name} test" if index == 0 else None)
+                train = [(point["epoch"], point["train_eval_acc"]) for point in curve if "train_eval_acc" in point]
+                if train:
+                    ax.plot(*zip(*train), color=colour, lw=1, ls="--", label=f"{name} train images" if index == 0 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"{row.dataset}: {row.teacher} → {row.student} (one line per seed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     figure.savefig(path, format="png", dpi=dpi)
 
 

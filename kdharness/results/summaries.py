@@ -108,6 +108,7 @@ class RunSummary:
     diagnostics: Mapping[str, float] = field(default_factory=dict)  # the last epoch's means (ICKD's, ...)
     config: Mapping[str, Any] = field(default_factory=dict)  # the recorded config, flattened ("SOLVER.LR": 0.05)
     settings: Mapping[str, Any] = field(default_factory=dict)  # what it trained with (kdharness.results.settings)
+    curves: Sequence[Mapping[str, float]] = ()  # per evaluated epoch: epoch, test_acc, train_eval_acc (if recorded)
 
     @property
     def pair(self) -> Pair:
@@ -157,11 +158,26 @@ class RunSummary:
             diagnostics=_last_diagnostics(history),
             config=flatten_config(parsed) if isinstance(parsed, Mapping) else {},
             settings=settings_from_config(parsed),
+            curves=_curves(history),
         )
 
 
 def _number_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+CURVE_KEYS = ("epoch", "test_acc", "train_eval_acc")
+
+
+def _curves(history: Any) -> tuple[dict[str, float], ...]:
+    """The evaluated epochs' accuracies, for learning-curve figures (`leaderboard.py --curves`)."""
+    if not isinstance(history, list):
+        return ()
+    points = []
+    for entry in history:
+        if isinstance(entry, dict) and _number_or_none(entry.get("test_acc")) is not None:
+            points.append({key: float(entry[key]) for key in CURVE_KEYS if _number_or_none(entry.get(key)) is not None})
+    return tuple(points)
 
 
 def _last_diagnostics(history: Any) -> dict[str, float]:
