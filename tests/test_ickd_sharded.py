@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ickd_plugin.distributed import shard_bounds
 from ickd_plugin.losses import aggregate_context_logits, context_weights, nicd_loss, picd_loss
-from ickd_plugin.memory_bank import MemoryBank, shard_bounds
+from ickd_plugin.memory_bank import MemoryBank
 from ickd_plugin.retrieval import retrieve
 from ickd_plugin.sharded_bank import ShardedMemoryBank
 from ickd_plugin.sharded_retrieval import sharded_retrieve
@@ -201,7 +202,7 @@ def _plugin_worker(rank: int, world: int, port: int, workdir: str) -> None:
     """Retrieval and losses for every case, and the offline shard cache: torch and ickd_plugin only."""
     import torch.distributed as dist
 
-    from ickd_plugin.memory_bank import bank_cache_key
+    from ickd_plugin.bank_cache import bank_cache_key
 
     _init(rank, world, port)
     try:
@@ -450,7 +451,7 @@ def test_bench_sharded_record() -> None:
 
 def test_shard_files_are_resliced_and_a_bad_set_is_not_used(tmp_path: Path) -> None:
     """Files written by 3 ranks, read by one process (any slice); a missing or corrupt file spoils the set."""
-    from ickd_plugin.sharded_bank import load_shard_rows, save_shard_rows, shard_path
+    from ickd_plugin.bank_cache import load_shard_rows, save_shard_rows, shard_path
 
     rows, key = 10, "k" * 64
     features = torch.arange(rows * 3, dtype=torch.float16).view(rows, 3)

@@ -90,7 +90,8 @@ def bench_bank_build(
     """
     from ickd_plugin import MemoryBank
     from ickd_plugin.features import find_classifier
-    from ickd_plugin.memory_bank import extract_features, no_augmentation_view
+    from ickd_plugin.teacher_pass import extract_features
+    from ickd_plugin.training_view import no_augmentation_view
     from kdharness.models import create_model
     from kdharness.compose import load_builtin_components
 
