@@ -179,18 +179,23 @@ def atomic_torch_save(payload: dict[str, Any], path: str) -> None:
             os.remove(tmp)
 
 
+def _save_rows(
+    path: str, header: dict[str, Any], features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+) -> None:
+    """Write ``header``, a checksum of the rows and the rows (on the CPU) to ``path`` atomically."""
+    features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
+    checksum = _payload_checksum(features, labels, indices)
+    atomic_torch_save({**header, "checksum": checksum, "features": features, "labels": labels, "indices": indices}, path)
+
+
+def _rows_intact(payload: dict[str, Any]) -> bool:
+    """Whether the rows of a file read back hash to the checksum written with them."""
+    return _payload_checksum(payload["features"], payload["labels"], payload["indices"]) == payload.get("checksum")
+
+
 def save_bank_cache(path: str, key: str, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
     """Write the offline bank's cache file atomically, with a checksum of its tensors."""
-    features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
-    payload = {
-        "format": CACHE_FORMAT,
-        "key": key,
-        "checksum": _payload_checksum(features, labels, indices),
-        "features": features,
-        "labels": labels,
-        "indices": indices,
-    }
-    atomic_torch_save(payload, path)
+    _save_rows(path, {"format": CACHE_FORMAT, "key": key}, features, labels, indices)
 
 
 def load_bank_cache(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -219,11 +224,10 @@ def load_bank_cache(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor, to
     if payload["key"] != key:
         reject("key mismatch (built from another teacher, dataset, transform or dtype)")
         return None
-    features, labels, indices = payload["features"], payload["labels"], payload["indices"]
-    if _payload_checksum(features, labels, indices) != payload["checksum"]:
+    if not _rows_intact(payload):
         reject("checksum mismatch (the file is corrupt)")
         return None
-    return features, labels, indices
+    return payload["features"], payload["labels"], payload["indices"]
 
 
 # ----------------------------------------------------------------------------- shard files
@@ -238,11 +242,8 @@ def save_shard_rows(
     features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
 ) -> None:
     """Write one shard's rows atomically (temporary file, fsync, rename), with a checksum."""
-    features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
-    payload = {"format": SHARD_FORMAT, "key": key, "total": total, "start": start, "stop": stop,
-               "checksum": _payload_checksum(features, labels, indices),
-               "features": features, "labels": labels, "indices": indices}
-    atomic_torch_save(payload, path)
+    header = {"format": SHARD_FORMAT, "key": key, "total": total, "start": start, "stop": stop}
+    _save_rows(path, header, features, labels, indices)
 
 
 def _shard_sets(directory: str, key: str) -> list[int]:
@@ -299,7 +300,7 @@ def _read_shard(path: str, key: str, total: int, start: int, stop: int, warn: bo
         if not isinstance(payload, dict) or payload.get(name) != value:
             reject(f"{name} is {payload.get(name) if isinstance(payload, dict) else None!r}, expected {value!r}")
             return None
-    if _payload_checksum(payload["features"], payload["labels"], payload["indices"]) != payload.get("checksum"):
+    if not _rows_intact(payload):
         reject("checksum mismatch (the file is corrupt)")
         return None
     return payload
