@@ -429,7 +429,7 @@ def test_sharded_bank_refuses_ickd_all() -> None:
 
 
 def test_bench_counts_the_bytes_a_sharded_step_receives() -> None:
-    from kdharness.bench.sharded import received_bytes
+    from benchmarks.sharded import received_bytes
 
     # W = 4 ranks of b = 8 queries, D = 16, K + N = 5, 7 selected rows held by other ranks, float16
     got = received_bytes(world=4, batch=8, dim=16, k=2, n=3, remote_rows=7, element=2)
@@ -439,7 +439,7 @@ def test_bench_counts_the_bytes_a_sharded_step_receives() -> None:
 
 @pytest.mark.slow  # spawns two gloo processes that import torch
 def test_bench_sharded_record() -> None:
-    from kdharness.bench.sharded import bench_sharded
+    from benchmarks.sharded import bench_sharded
 
     record = bench_sharded(worlds=(2,), sizes=(3000,), dims=(32,), batches=(4,), dtypes=("fp16",), k=2, n=2,
                            warmup=0, repeats=2)

@@ -28,8 +28,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdharness.bench import PeakMemory, hardware_info, paired_ratios, resolve_device, round_robin, summarize
-from kdharness.bench.step_time import (
+from benchmarks.step_time import (
     CONFIG_ROOT,
     DATASET,
     Pair,
@@ -40,6 +39,7 @@ from kdharness.bench.step_time import (
     load_method_config,
     resolve_pair,
 )
+from kdharness.bench import PeakMemory, hardware_info, paired_ratios, resolve_device, round_robin, summarize
 
 REFERENCE = "teacher_pass"
 
