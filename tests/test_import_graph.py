@@ -147,6 +147,14 @@ def test_ickd_plugin_never_imports_kdharness():
             assert not any(t == "kdharness" or t.startswith("kdharness.") for t in targets), (name, targets)
 
 
+def test_ickd_plugin_has_no_import_circle():
+    """The plugin's rooms are floors too (docs/architecture.md): the bank, its view, pass, files
+    and collectives each import only what lies below them."""
+    graph = import_graph("ickd_plugin")
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
 def test_kdharness_never_imports_ickd_plugin():
     """The host knows its plugins only through the `kdharness.plugins` entry point, never by name;
     whatever measures host and plugin together (the benchmarks) lives with the tools."""
