@@ -31,23 +31,14 @@ from ickd_plugin.losses import (
     picd_loss,
     warmup_factor,
 )
-from ickd_plugin.memory_bank import (
-    MemoryBank,
-    all_gather_rows,
-    bank_cache_key,
-    cache_path,
-    describe_bank,
-    dist_world,
-    extract_features,
-    load_bank_cache,
-    no_augmentation_view,
-    preserved_rng,
-    report,
-    save_bank_cache,
-)
+from ickd_plugin.bank_cache import bank_cache_key, cache_path, load_bank_cache, save_bank_cache
+from ickd_plugin.distributed import all_gather_rows, dist_world
+from ickd_plugin.memory_bank import MemoryBank, describe_bank, report
 from ickd_plugin.retrieval import retrieve
 from ickd_plugin.sharded_bank import ShardedMemoryBank, checkpoint_dir_for
 from ickd_plugin.sharded_retrieval import sharded_retrieve
+from ickd_plugin.teacher_pass import extract_features
+from ickd_plugin.training_view import no_augmentation_view, preserved_rng
 
 # Where make_ickd_trainer leaves the batch's dataset indices and the epoch for trainers that do
 # not pass them (mdistiller's BaseTrainer drops the index, its CRDTrainer the epoch).

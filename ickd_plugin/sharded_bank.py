@@ -6,12 +6,13 @@ only the contiguous rows ``shard_bounds(R, r, W)`` of the bank a single process 
 build (rows in dataset-index order): their features, ``1/|h|``, labels, dataset indices and
 a class table of those rows; the global class sizes (``[C]``) are the only global state.
 
-* Building: each rank runs the no-grad pass over its own rows and keeps them; nothing is
-  broadcast.
+* Building: each rank runs the no-grad pass over its own rows (`teacher_pass.extract_shard`)
+  and keeps them; nothing is broadcast.
 * Retrieval: `ickd_plugin.sharded_retrieval` (per-shard candidates, exact merge).
 * Refresh (online, teacher-free): a rank writes only the rows it owns; the global batch it
   needs was already gathered for retrieval, so a refresh communicates nothing.
-* Offline cache: one file per shard, ``bank_<key>.shard<r>of<W>.pt``; a run with the same
+* Offline cache: one file per shard, ``bank_<key>.shard<r>of<W>.pt`` (`ickd_plugin.bank_cache`
+  writes and reads them, with the offline cache's key and checks); a run with the same
   world size reads its own file only, another world size reads the overlapping parts of
   the files it finds (memory-mapped, so only those rows are copied).
 * Checkpoints (online, teacher-free): the host's checkpoint is written by rank 0 alone, so
@@ -22,7 +23,6 @@ a class table of those rows; the global class sizes (``[C]``) are the only globa
 """
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
@@ -32,43 +32,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
-from ickd_plugin.features import ClassifierTap
-from ickd_plugin.memory_bank import (
-    MemoryBank,
-    _IndexedView,
-    _inverse_norms,
-    _payload_checksum,
-    atomic_torch_save,
-    class_row_table,
-    describe_bank,
-    dist_world,
-    report,
-    shard_bounds,
-)
+from ickd_plugin.bank_cache import load_shard_rows, save_shard_rows, shard_path
+from ickd_plugin.distributed import all_reduce, communication_device, dist_world, shard_bounds
+from ickd_plugin.memory_bank import MemoryBank, class_row_table, describe_bank, inverse_norms, report
+from ickd_plugin.teacher_pass import extract_shard
 
-SHARD_FORMAT = "ickd-bank-shard-v1"
 CHECKPOINT_SUBDIR = "ickd_bank_shards"
 # Checkpoint shard sets kept on disk: those of the newest two checkpoints ("latest", "latest.prev").
 CHECKPOINT_SETS_KEPT = 2
-
-
-def communication_device() -> torch.device:
-    """Where collectives run: the current GPU under NCCL, the CPU otherwise (gloo)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_reduce(tensor: torch.Tensor, op: Any) -> torch.Tensor:
-    """In-place all-reduce on the communication device; identity without distributed."""
-    if dist_world()[1] == 1:
-        return tensor
-    staged = tensor.to(communication_device())
-    dist.all_reduce(staged, op=op)
-    tensor.copy_(staged)
-    return tensor
 
 
 class ShardedMemoryBank(nn.Module):
@@ -147,14 +119,14 @@ class ShardedMemoryBank(nn.Module):
         labels = labels.to(device=device, dtype=torch.long)
         self._check_order(indices, rank, world)
         classes = torch.tensor([max(int(num_classes), int(labels.max()) + 1 if labels.numel() else 0)])
-        num_classes = int(_all_reduce(classes, dist.ReduceOp.MAX).item())
+        num_classes = int(all_reduce(classes, dist.ReduceOp.MAX).item())
         counts = torch.bincount(labels.cpu(), minlength=num_classes)
         self.features = features.to(device=device, dtype=self.dtype)
-        self.inv_norms = _inverse_norms(self.features)
+        self.inv_norms = inverse_norms(self.features)
         self.labels = labels
         self.indices = indices
         self.class_rows = class_row_table(labels, num_classes)
-        self.class_counts = _all_reduce(counts, dist.ReduceOp.SUM).to(device)
+        self.class_counts = all_reduce(counts, dist.ReduceOp.SUM).to(device)
         self.total_rows, self.start, self.stop, self.world = int(total_rows), start, stop, world
         self.key = key
 
@@ -208,7 +180,7 @@ class ShardedMemoryBank(nn.Module):
         if step >= 0 and self.checkpoint_dir:
             saved = load_shard_rows(os.path.join(self.checkpoint_dir, f"step{step}"), _step_key(step), total, start, stop,
                                     warn=False)
-            found = _all_reduce(torch.tensor([int(saved is not None)]), dist.ReduceOp.MIN)
+            found = all_reduce(torch.tensor([int(saved is not None)]), dist.ReduceOp.MIN)
             if int(found.item()):  # otherwise a pass, and loading the checkpoint says what is missing
                 self.fill_shard(*saved, classifier.out_features, total, device, key=key)  # type: ignore[misc]
                 self.checkpoint_step.fill_(step)
@@ -217,7 +189,7 @@ class ShardedMemoryBank(nn.Module):
                 return
         cached = load_shard_rows(cache_dir, key, total, start, stop) if cache_dir and key else None
         if world > 1 and cache_dir and key:  # every rank must take the same branch (filling is collective)
-            found = _all_reduce(torch.tensor([int(cached is not None)]), dist.ReduceOp.MIN)
+            found = all_reduce(torch.tensor([int(cached is not None)]), dist.ReduceOp.MIN)
             cached = cached if int(found.item()) else None
         if cached is not None:
             features, labels, indices = cached
@@ -271,7 +243,7 @@ class ShardedMemoryBank(nn.Module):
         self._rows_step = -1  # the rows no longer are those of a saved checkpoint
         updated = (momentum * self.features[rows].float() + (1.0 - momentum) * new.float()).to(self.dtype)
         self.features[rows] = updated
-        self.inv_norms[rows] = _inverse_norms(updated)
+        self.inv_norms[rows] = inverse_norms(updated)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -318,7 +290,7 @@ class ShardedMemoryBank(nn.Module):
             raise RuntimeError(f"ICKD.BANK.SHARDED: the bank rows in {directory!r} belong to another training set")
         device = self.features.device
         self.features = features.to(device=device, dtype=self.dtype)
-        self.inv_norms = _inverse_norms(self.features)
+        self.inv_norms = inverse_norms(self.features)
         self.labels = labels.to(device)
         self.loaded_from, self._rows_step = "checkpoint", step
 
@@ -341,124 +313,3 @@ def _checkpoint_step_of(state: Any) -> int:
 
 def _step_key(step: int) -> str:
     return f"checkpoint-step{step}".ljust(32, "-")
-
-
-# ----------------------------------------------------------------------------- the filling pass
-
-
-@torch.no_grad()
-def extract_shard(
-    model: nn.Module,
-    classifier: nn.Linear,
-    dataset: Any,
-    start: int,
-    stop: int,
-    batch_size: int,
-    num_workers: int,
-    dtype: torch.dtype,
-    device: torch.device | str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One no-grad eval-mode pass over positions ``[start, stop)``: (features, labels, dataset indices),
-    written batch by batch into preallocated tensors of ``dtype`` on ``device``."""
-    model_device = next(model.parameters()).device
-    loader = DataLoader(_IndexedView(dataset, range(start, stop)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=model_device.type == "cuda")
-    features = torch.empty(stop - start, classifier.in_features, dtype=dtype, device=device)
-    labels = torch.empty(stop - start, dtype=torch.long, device=device)
-    indices = torch.empty(stop - start, dtype=torch.long, device=device)
-    was_training = model.training
-    model.eval()
-    row = 0
-    try:
-        with ClassifierTap(classifier) as tap:
-            for image, target, index in loader:
-                model(image.to(model_device, non_blocking=True))
-                count = tap.features.shape[0]
-                features[row : row + count].copy_(tap.features)
-                labels[row : row + count].copy_(torch.as_tensor(target))
-                indices[row : row + count].copy_(torch.as_tensor(index))
-                row += count
-    finally:
-        model.train(was_training)
-    if row != stop - start:
-        raise RuntimeError(f"the bank pass read {row} samples of {type(dataset).__name__}, expected {stop - start}")
-    return features, labels, indices
-
-
-# ----------------------------------------------------------------------------- shard files
-
-
-def shard_path(directory: str, key: str, rank: int, world: int) -> str:
-    return os.path.join(directory, f"bank_{key[:32]}.shard{rank:04d}of{world:04d}.pt")
-
-
-def save_shard_rows(
-    path: str, key: str, total: int, start: int, stop: int,
-    features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-) -> None:
-    """Write one shard's rows atomically (temporary file, fsync, rename), with a checksum."""
-    features, labels, indices = (t.detach().cpu() for t in (features, labels, indices))
-    payload = {"format": SHARD_FORMAT, "key": key, "total": total, "start": start, "stop": stop,
-               "checksum": _payload_checksum(features, labels, indices),
-               "features": features, "labels": labels, "indices": indices}
-    atomic_torch_save(payload, path)
-
-
-def _shard_sets(directory: str, key: str) -> list[int]:
-    """World sizes W for which all W shard files of ``key`` exist in ``directory``."""
-    worlds: dict[int, set[int]] = {}
-    for path in glob.glob(os.path.join(directory, f"bank_{key[:32]}.shard*of*.pt")):
-        match = re.search(r"\.shard(\d+)of(\d+)\.pt$", path)
-        if match:
-            worlds.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
-    return sorted(w for w, ranks in worlds.items() if ranks == set(range(w)))
-
-
-def load_shard_rows(
-    directory: str, key: str, total: int, start: int, stop: int, warn: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Rows ``[start, stop)`` of the bank ``key`` from a complete set of shard files, or None.
-
-    Prefers the set written with this run's world size (one file read); another set is
-    re-sliced: each overlapping file is memory-mapped and only the overlap is copied.
-    A file with the wrong format, key, bounds or checksum is reported and the set is not used.
-    """
-    _, world = dist_world()
-    sets = _shard_sets(directory, key) if os.path.isdir(directory) else []
-    for source_world in sorted(sets, key=lambda w: (w != world, w)):
-        pieces, ok = [], True
-        for source in range(source_world):
-            first, last = shard_bounds(total, source, source_world)
-            lo, hi = max(first, start), min(last, stop)
-            if lo >= hi:
-                continue
-            path = shard_path(directory, key, source, source_world)
-            payload = _read_shard(path, key, total, first, last, warn)
-            if payload is None:
-                ok = False
-                break
-            pieces.append(tuple(payload[name][lo - first : hi - first] for name in ("features", "labels", "indices")))
-        if ok and sum(p[0].shape[0] for p in pieces) == stop - start and pieces:
-            return tuple(torch.cat([p[i] for p in pieces]) for i in range(3))  # type: ignore[return-value]  # cat copies
-    return None
-
-
-def _read_shard(path: str, key: str, total: int, start: int, stop: int, warn: bool) -> dict | None:
-    def reject(reason: str) -> None:
-        if warn:
-            warnings.warn(f"ICKD sharded bank file {path}: {reason}; not used", stacklevel=4)
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # truncated, corrupt, not a torch file
-        reject(f"unreadable ({type(error).__name__})")
-        return None
-    expected = {"format": SHARD_FORMAT, "key": key, "total": total, "start": start, "stop": stop}
-    for name, value in expected.items():
-        if not isinstance(payload, dict) or payload.get(name) != value:
-            reject(f"{name} is {payload.get(name) if isinstance(payload, dict) else None!r}, expected {value!r}")
-            return None
-    if _payload_checksum(payload["features"], payload["labels"], payload["indices"]) != payload.get("checksum"):
-        reject("checksum mismatch (the file is corrupt)")
-        return None
-    return payload

@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ickd_plugin.memory_bank import dist_world, shard_bounds
+from ickd_plugin.distributed import communication_device, dist_world, shard_bounds
 from ickd_plugin.retrieval import Retrieval, exact_topk, retrieve
-from ickd_plugin.sharded_bank import ShardedMemoryBank, communication_device
+from ickd_plugin.sharded_bank import ShardedMemoryBank
 
 
 def gather_batch(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:

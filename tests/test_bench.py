@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from harness_utils import REPO
+from benchmarks.bank_build import bench_bank_build
+from benchmarks.retrieval import Case, aux_bytes, bank_bytes, bench_retrieval
+from benchmarks.step_time import METHODS, Pair, bench_step_time, method_config, resolve_pair
 from kdharness.bench import PeakMemory, format_table, paired_ratios, round_robin, summarize
-from kdharness.bench.bank_build import bench_bank_build
-from kdharness.bench.retrieval import Case, aux_bytes, bank_bytes, bench_retrieval
-from kdharness.bench.step_time import METHODS, Pair, bench_step_time, method_config, resolve_pair
 
 CPU = torch.device("cpu")
 # The smallest networks of the zoo, in the published recipe's configs: seconds, not minutes.
@@ -130,7 +130,7 @@ def test_retrieval_record_and_memory_accounting() -> None:
 
 
 def test_retrieval_skips_what_does_not_fit(monkeypatch) -> None:
-    import kdharness.bench.retrieval as retrieval
+    import benchmarks.retrieval as retrieval
 
     monkeypatch.setattr(retrieval, "available_memory_bytes", lambda device: 1 << 20)
     record = bench_retrieval(devices=["cpu"], grid={"sizes": (100_000,), "dims": (64,), "batches": (8,), "dtypes": ("fp32",)})

@@ -9,13 +9,9 @@ import pytest
 import torch
 
 from float_tolerance import sum_atol
-from ickd_plugin.memory_bank import (
-    MemoryBank,
-    bank_cache_key,
-    cache_path,
-    load_bank_cache,
-    no_augmentation_view,
-)
+from ickd_plugin.bank_cache import bank_cache_key, cache_path, load_bank_cache
+from ickd_plugin.memory_bank import MemoryBank
+from ickd_plugin.training_view import no_augmentation_view
 from test_ickd_distiller import AddNoise, TensorSet, TinyNet, count_forwards, make_data, make_ickd, make_trainer
 
 # The stand-in datasets keep their images in `images`, which the cache key cannot see; the
@@ -244,7 +240,7 @@ def test_fill_keeps_ready_features_and_orders_rows_by_dataset_index() -> None:
 
 
 def test_extract_features_returns_the_banks_dtype_in_dataset_order() -> None:
-    from ickd_plugin.memory_bank import extract_features
+    from ickd_plugin.teacher_pass import extract_features
 
     distiller = make_ickd(BASE="KD")
     trainer = make_trainer(distiller)
@@ -260,7 +256,9 @@ def test_extract_features_returns_the_banks_dtype_in_dataset_order() -> None:
 _PEAK_SCRIPT = r"""
 import resource, sys
 import torch, torch.nn as nn
-from ickd_plugin.memory_bank import MemoryBank, extract_features, load_bank_cache, save_bank_cache
+from ickd_plugin.bank_cache import load_bank_cache, save_bank_cache
+from ickd_plugin.memory_bank import MemoryBank
+from ickd_plugin.teacher_pass import extract_features
 
 ROWS, DIM = 200_000, 512
 
@@ -469,7 +467,7 @@ class Huge(torch.nn.Module):
 
 
 def test_float16_bank_refuses_features_beyond_its_range() -> None:
-    from ickd_plugin.memory_bank import extract_features
+    from ickd_plugin.teacher_pass import extract_features
 
     train, _ = make_data()
     train.transform = None
@@ -518,7 +516,7 @@ class ContrastiveSet(TensorSet):
 
 
 def test_bank_pass_draws_no_contrastive_negatives() -> None:
-    from ickd_plugin.memory_bank import extract_features
+    from ickd_plugin.teacher_pass import extract_features
 
     train, val = make_data()
     contrastive = ContrastiveSet(train.images, train.targets, AddNoise())

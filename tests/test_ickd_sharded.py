@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ickd_plugin.distributed import shard_bounds
 from ickd_plugin.losses import aggregate_context_logits, context_weights, nicd_loss, picd_loss
-from ickd_plugin.memory_bank import MemoryBank, shard_bounds
+from ickd_plugin.memory_bank import MemoryBank
 from ickd_plugin.retrieval import retrieve
 from ickd_plugin.sharded_bank import ShardedMemoryBank
 from ickd_plugin.sharded_retrieval import sharded_retrieve
@@ -201,7 +202,7 @@ def _plugin_worker(rank: int, world: int, port: int, workdir: str) -> None:
     """Retrieval and losses for every case, and the offline shard cache: torch and ickd_plugin only."""
     import torch.distributed as dist
 
-    from ickd_plugin.memory_bank import bank_cache_key
+    from ickd_plugin.bank_cache import bank_cache_key
 
     _init(rank, world, port)
     try:
@@ -428,7 +429,7 @@ def test_sharded_bank_refuses_ickd_all() -> None:
 
 
 def test_bench_counts_the_bytes_a_sharded_step_receives() -> None:
-    from kdharness.bench.sharded import received_bytes
+    from benchmarks.sharded import received_bytes
 
     # W = 4 ranks of b = 8 queries, D = 16, K + N = 5, 7 selected rows held by other ranks, float16
     got = received_bytes(world=4, batch=8, dim=16, k=2, n=3, remote_rows=7, element=2)
@@ -438,7 +439,7 @@ def test_bench_counts_the_bytes_a_sharded_step_receives() -> None:
 
 @pytest.mark.slow  # spawns two gloo processes that import torch
 def test_bench_sharded_record() -> None:
-    from kdharness.bench.sharded import bench_sharded
+    from benchmarks.sharded import bench_sharded
 
     record = bench_sharded(worlds=(2,), sizes=(3000,), dims=(32,), batches=(4,), dtypes=("fp16",), k=2, n=2,
                            warmup=0, repeats=2)
@@ -450,7 +451,7 @@ def test_bench_sharded_record() -> None:
 
 def test_shard_files_are_resliced_and_a_bad_set_is_not_used(tmp_path: Path) -> None:
     """Files written by 3 ranks, read by one process (any slice); a missing or corrupt file spoils the set."""
-    from ickd_plugin.sharded_bank import load_shard_rows, save_shard_rows, shard_path
+    from ickd_plugin.bank_cache import load_shard_rows, save_shard_rows, shard_path
 
     rows, key = 10, "k" * 64
     features = torch.arange(rows * 3, dtype=torch.float16).view(rows, 3)

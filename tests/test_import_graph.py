@@ -1,5 +1,5 @@
 """The floors of the house read one way: no import circle inside `kdharness`, the registry a
-leaf, and `ickd_plugin` never importing its host.
+leaf, `ickd_plugin` never importing its host and `kdharness` never importing its plugin.
 
 The graph is read from the source (every ``import`` statement, function-level ones included),
 not from ``sys.modules``: a late import inside a function closes a circle just as surely,
@@ -145,3 +145,21 @@ def test_ickd_plugin_never_imports_kdharness():
             elif isinstance(node, ast.ImportFrom) and not node.level:
                 targets = [node.module or ""]
             assert not any(t == "kdharness" or t.startswith("kdharness.") for t in targets), (name, targets)
+
+
+def test_ickd_plugin_has_no_import_circle():
+    """The plugin's rooms are floors too (docs/architecture.md): the bank, its view, pass, files
+    and collectives each import only what lies below them."""
+    graph = import_graph("ickd_plugin")
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_kdharness_never_imports_ickd_plugin():
+    """The host knows its plugins only through the `kdharness.plugins` entry point, never by name;
+    whatever measures host and plugin together (the benchmarks) lives with the tools."""
+    host, plugin = package_modules("kdharness"), set(package_modules("ickd_plugin"))
+    assert len(plugin) > 10  # the walk really read the plugin
+    known = set(host) | plugin
+    for name, path in host.items():
+        assert not imports_of(name, path, known) & plugin, (name, sorted(imports_of(name, path, known) & plugin))

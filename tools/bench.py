@@ -16,6 +16,7 @@ Three measurements (see docs/performance.md for what each number means):
              side by side, with the bank bytes per rank and the bytes received per step.
 
 Each prints a table; ``--json FILE`` also writes every number with the hardware it came from.
+The benchmarks themselves are in tools/benchmarks/ (they drive the host and the plugin both).
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def _warmup(args: argparse.Namespace, default: int) -> int:
 
 
 def run_step(args: argparse.Namespace) -> dict[str, Any]:
-    from kdharness.bench.step_time import METHODS, bench_step_time
+    from benchmarks.step_time import METHODS, bench_step_time
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHODS)
     return bench_step_time(
@@ -107,7 +108,7 @@ def run_step(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_bank(args: argparse.Namespace) -> dict[str, Any]:
-    from kdharness.bench.bank_build import bench_bank_build
+    from benchmarks.bank_build import bench_bank_build
 
     samples = args.bank_samples or (1024 if args.quick else None)
     return bench_bank_build(
@@ -124,7 +125,7 @@ def run_bank(args: argparse.Namespace) -> dict[str, Any]:
 def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from kdharness.bench.retrieval import GRIDS, bench_retrieval
+    from benchmarks.retrieval import GRIDS, bench_retrieval
 
     if args.retrieval_devices:
         devices = [d.strip() for d in args.retrieval_devices.split(",") if d.strip()]
@@ -150,7 +151,7 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_sharded(args: argparse.Namespace) -> dict[str, Any]:
-    from kdharness.bench.sharded import DEFAULTS, QUICK, bench_sharded
+    from benchmarks.sharded import DEFAULTS, QUICK, bench_sharded
 
     grid = {**(QUICK if args.quick else DEFAULTS), **args.grid_overrides}
     if args.worlds:

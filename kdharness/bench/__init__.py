@@ -11,8 +11,9 @@ says little:
   rotating order), so a burst of machine noise hits all of them alike; ratios are taken per
   repetition (paired) and then summarised, which also cancels slow drifts (thermal, load).
 
-The three benchmarks live in `step_time`, `bank_build` and `retrieval`; each returns a plain
-JSON-serialisable record, and `tools/bench.py` prints them and writes them to a file.
+The benchmarks themselves (step time, bank build, retrieval, sharded bank) measure the plugin
+too, which the host never imports, so they live with the tools: `tools/benchmarks/`; each
+returns a plain JSON-serialisable record, and `tools/bench.py` prints them and writes them to a file.
 """
 from __future__ import annotations
 

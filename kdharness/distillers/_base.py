@@ -8,7 +8,8 @@ new method never touches the trainer.
 """
 from __future__ import annotations
 
-from typing import Any
+from functools import reduce
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,16 @@ def label_smoothing(cfg: Any) -> float:
     """``SOLVER.LABEL_SMOOTHING`` of a config, 0 for one without the key (mdistiller's)."""
     solver = getattr(cfg, "SOLVER", None) if cfg is not None else None
     return float(solver.get("LABEL_SMOOTHING", 0.0)) if solver is not None else 0.0
+
+
+def require_teacher(teacher: nn.Module | None, method: str) -> nn.Module:
+    """Fail at construction, not on the first batch, when a method that needs a teacher has none."""
+    if teacher is None:
+        raise ValueError(
+            f"{method} distils from a teacher, but none was given; set DISTILLER.TEACHER "
+            f"(and DISTILLER.TEACHER_WEIGHTS if the checkpoint is not in mdistiller's layout)"
+        )
+    return teacher
 
 
 class Distiller(nn.Module):
@@ -95,3 +106,58 @@ class Vanilla(Distiller):
     def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
         logits_student, _ = self.student(image)
         return logits_student, {"loss_ce": self.ce_loss(logits_student, target)}
+
+
+class FeatureDistiller(Distiller):
+    """A method whose loss is ``CE weight * CE + feature weight * feature_loss(student, teacher)``.
+
+    mdistiller's feature distillers (FitNet, AT, NST, PKT, SP, RKD, KDSVD, OFD, VID, ReviewKD)
+    and CRD share everything but their feature loss: a teacher is required, the two weights
+    are read from the method's node (``<NODE>.LOSS.CE_WEIGHT``, ``<NODE>.LOSS.FEAT_WEIGHT``;
+    ReviewKD keeps mdistiller's ``REVIEWKD.CE_WEIGHT`` / ``REVIEWKD_WEIGHT``), both networks
+    run once per step (the teacher without gradients), and the loss dict is
+    ``{"loss_ce", "loss_kd"}``. A method writes its constructor (what it reads and builds
+    beyond that), `feature_loss` (unweighted) and, when it trains modules beside the student
+    (regressors, connectors, embeddings), their attribute names in ``extra_modules``: the
+    optimizer gets their parameters, and the start-up report counts them.
+    """
+
+    extra_modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        cfg: Any,
+        node: str,
+        ce_weight: str = "LOSS.CE_WEIGHT",
+        feat_weight: str = "LOSS.FEAT_WEIGHT",
+    ) -> None:
+        """``node``: the method's config node, also its name in errors (``"AT"``); ``ce_weight`` and
+        ``feat_weight``: the weights' keys under it."""
+        super().__init__(student, require_teacher(teacher, node), cfg)
+        method = getattr(cfg, node)
+        self.ce_loss_weight = float(reduce(getattr, ce_weight.split("."), method))
+        self.feat_loss_weight = float(reduce(getattr, feat_weight.split("."), method))
+
+    def get_learnable_parameters(self) -> list[nn.Parameter]:
+        return super().get_learnable_parameters() + [p for module in self._extra() for p in module.parameters()]
+
+    def get_extra_parameters(self) -> int:
+        return sum(p.numel() for module in self._extra() for p in module.parameters())
+
+    def _extra(self) -> list[nn.Module]:
+        return [getattr(self, name) for name in self.extra_modules]
+
+    def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        """The method's loss, unweighted, from the two networks' feature dicts (and the batch's
+        other inputs, e.g. CRD's ``index``)."""
+        raise NotImplementedError
+
+    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
+        logits_student, feats_student = self.student(image)
+        with torch.no_grad():
+            _, feats_teacher = self.teacher(image)
+        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
+        loss_feat = self.feat_loss_weight * self.feature_loss(feats_student, feats_teacher, **kwargs)
+        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}

@@ -17,9 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 
@@ -55,20 +54,13 @@ def at_loss(g_s: Sequence[torch.Tensor], g_t: Sequence[torch.Tensor], p: float) 
 
 
 @register_distiller("AT")
-class AT(Distiller):
+class AT(FeatureDistiller):
     """Cross-entropy plus ``AT.LOSS.FEAT_WEIGHT * at_loss(student stages, teacher stages)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "AT"), cfg)
+        super().__init__(student, teacher, cfg, "AT")
         # mdistiller's default P is the integer 2: feat.pow(2) of an int exponent.
         self.p = cfg.AT.P
-        self.ce_loss_weight = float(cfg.AT.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.AT.LOSS.FEAT_WEIGHT)
 
-    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
-        logits_student, feats_student = self.student(image)
-        with torch.no_grad():
-            _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
-        loss_feat = self.feat_loss_weight * at_loss(feats_student["feats"][1:], feats_teacher["feats"][1:], self.p)
-        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}
+    def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        return at_loss(feats_student["feats"][1:], feats_teacher["feats"][1:], self.p)

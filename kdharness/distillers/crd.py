@@ -26,8 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
-from kdharness.distillers.kd import require_teacher
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.engine.distributed import all_gather_batch, mean_over_ranks
 from kdharness.registry import register_distiller
 
@@ -230,8 +229,10 @@ def resolve_feat_dims(
 
 
 @register_distiller("CRD")
-class CRD(Distiller):
+class CRD(FeatureDistiller):
     """Cross-entropy plus ``CRD.LOSS.FEAT_WEIGHT * (NCE_student + NCE_teacher)``."""
+
+    extra_modules = ("embed_s", "embed_t")
 
     def __init__(
         self,
@@ -241,11 +242,9 @@ class CRD(Distiller):
         num_data: int,
         input_shape: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(student, require_teacher(teacher, "CRD"), cfg)
+        super().__init__(student, teacher, cfg, "CRD")
         if int(num_data) <= 0:
             raise ValueError(f"CRD needs the training-set size for its memories; got num_data = {num_data}")
-        self.ce_loss_weight = float(cfg.CRD.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.CRD.LOSS.FEAT_WEIGHT)
         student_dim, teacher_dim = resolve_feat_dims(student, teacher, cfg, input_shape)
         self.init_crd_modules(
             student_dim,
@@ -274,9 +273,6 @@ class CRD(Distiller):
         self.criterion_s = ContrastLoss(num_data)
         self.criterion_t = ContrastLoss(num_data)
 
-    def get_learnable_parameters(self) -> list[nn.Parameter]:
-        return super().get_learnable_parameters() + list(self.embed_s.parameters()) + list(self.embed_t.parameters())
-
     def get_extra_parameters(self) -> int:
         """Embedding weights plus the memory buffers, the number mdistiller reports."""
         tensors = [*self.embed_s.parameters(), *self.embed_t.parameters(), *self.contrast.buffers()]
@@ -302,11 +298,14 @@ class CRD(Distiller):
                 "CRD needs index and contrastive_index in every training batch: build the train "
                 "loader with with_index=True and crd_k = CRD.NCE.K (mode CRD.MODE)"
             )
-        logits_student, feats_student = self.student(image)
-        with torch.no_grad():
-            _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
-        loss_crd = self.feat_loss_weight * self.crd_loss(
-            feats_student["pooled_feat"], feats_teacher["pooled_feat"], index, contrastive_index
-        )
-        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_crd}
+        return super().forward_train(image, target, index=index, contrastive_index=contrastive_index, **kwargs)
+
+    def feature_loss(
+        self,
+        feats_student: dict[str, Any],
+        feats_teacher: dict[str, Any],
+        index: torch.Tensor,
+        contrastive_index: torch.Tensor,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        return self.crd_loss(feats_student["pooled_feat"], feats_teacher["pooled_feat"], index, contrastive_index)

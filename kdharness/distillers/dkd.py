@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
-from kdharness.distillers.kd import require_teacher
+from kdharness.distillers._base import Distiller, require_teacher
 from kdharness.registry import register_distiller
 
 # mdistiller's constant: large enough that the masked class gets probability exactly 0.

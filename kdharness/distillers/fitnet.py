@@ -20,9 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 
@@ -91,13 +90,13 @@ def feature_shapes(model: nn.Module, input_size: Sequence[int]) -> list[torch.Si
 
 
 @register_distiller("FITNET")
-class FitNet(Distiller):
+class FitNet(FeatureDistiller):
     """Cross-entropy plus ``FITNET.LOSS.FEAT_WEIGHT * MSE(conv_reg(f_s[h]), f_t[h])``."""
 
+    extra_modules = ("conv_reg",)
+
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "FITNET"), cfg)
-        self.ce_loss_weight = float(cfg.FITNET.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.FITNET.LOSS.FEAT_WEIGHT)
+        super().__init__(student, teacher, cfg, "FITNET")
         self.hint_layer = int(cfg.FITNET.HINT_LAYER)
         input_size = tuple(cfg.FITNET.INPUT_SIZE)
         s_shapes, t_shapes = feature_shapes(student, input_size), feature_shapes(teacher, input_size)
@@ -108,17 +107,6 @@ class FitNet(Distiller):
             )
         self.conv_reg = ConvReg(s_shapes[self.hint_layer], t_shapes[self.hint_layer])
 
-    def get_learnable_parameters(self) -> list[nn.Parameter]:
-        return super().get_learnable_parameters() + list(self.conv_reg.parameters())
-
-    def get_extra_parameters(self) -> int:
-        return sum(p.numel() for p in self.conv_reg.parameters())
-
-    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
-        logits_student, feats_student = self.student(image)
-        with torch.no_grad():
-            _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
+    def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
         regressed = self.conv_reg(feats_student["feats"][self.hint_layer])
-        loss_feat = self.feat_loss_weight * fitnet_loss(regressed, feats_teacher["feats"][self.hint_layer])
-        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}
+        return fitnet_loss(regressed, feats_teacher["feats"][self.hint_layer])

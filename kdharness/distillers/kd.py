@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import Distiller, require_teacher
 from kdharness.registry import register_distiller
 
 
@@ -26,16 +26,6 @@ def kd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, temperat
     p_teacher = F.softmax(logits_teacher.float() / temperature, dim=1)
     per_sample = F.kl_div(log_p_student, p_teacher, reduction="none").sum(dim=1)
     return per_sample.mean() * temperature**2
-
-
-def require_teacher(teacher: nn.Module | None, method: str) -> nn.Module:
-    """Fail at construction, not on the first batch, when a method that needs a teacher has none."""
-    if teacher is None:
-        raise ValueError(
-            f"{method} distils from a teacher, but none was given; set DISTILLER.TEACHER "
-            f"(and DISTILLER.TEACHER_WEIGHTS if the checkpoint is not in mdistiller's layout)"
-        )
-    return teacher
 
 
 @register_distiller("KD")

@@ -33,9 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 RBF_DENOMINATOR = 8.0  # exp(-d^2 / 8), mdistiller's (and the paper code's) kernel width
@@ -101,14 +100,12 @@ def kdsvd_loss(g_s: Sequence[torch.Tensor], g_t: Sequence[torch.Tensor], k: int)
 
 
 @register_distiller("KDSVD")
-class KDSVD(Distiller):
+class KDSVD(FeatureDistiller):
     """Cross-entropy plus ``KDSVD.LOSS.FEAT_WEIGHT * kdsvd_loss(student stages, teacher stages, K)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "KDSVD"), cfg)
+        super().__init__(student, teacher, cfg, "KDSVD")
         self.k = int(cfg.KDSVD.K)
-        self.ce_loss_weight = float(cfg.KDSVD.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.KDSVD.LOSS.FEAT_WEIGHT)
 
     def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
         logits_student, feats_student = self.student(image)

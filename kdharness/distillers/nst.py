@@ -19,10 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
 from kdharness.distillers.at import match_spatial_size
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 
@@ -47,18 +46,11 @@ def nst_loss(g_s: Sequence[torch.Tensor], g_t: Sequence[torch.Tensor]) -> torch.
 
 
 @register_distiller("NST")
-class NST(Distiller):
+class NST(FeatureDistiller):
     """Cross-entropy plus ``NST.LOSS.FEAT_WEIGHT * nst_loss(student stages, teacher stages)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "NST"), cfg)
-        self.ce_loss_weight = float(cfg.NST.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.NST.LOSS.FEAT_WEIGHT)
+        super().__init__(student, teacher, cfg, "NST")
 
-    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
-        logits_student, feats_student = self.student(image)
-        with torch.no_grad():
-            _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
-        loss_feat = self.feat_loss_weight * nst_loss(feats_student["feats"][1:], feats_teacher["feats"][1:])
-        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}
+    def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        return nst_loss(feats_student["feats"][1:], feats_teacher["feats"][1:])

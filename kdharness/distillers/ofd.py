@@ -31,9 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 # Below this probability of a negative teacher value the conditional mean is numerically
@@ -96,13 +95,13 @@ class Connectors(nn.Module):
 
 
 @register_distiller("OFD")
-class OFD(Distiller):
+class OFD(FeatureDistiller):
     """Cross-entropy plus the margin-aware partial L2 on connected pre-ReLU stage features."""
 
+    extra_modules = ("connectors",)
+
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "OFD"), cfg)
-        self.ce_loss_weight = float(cfg.OFD.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.OFD.LOSS.FEAT_WEIGHT)
+        super().__init__(student, teacher, cfg, "OFD")
         kernel_size = int(cfg.OFD.CONNECTOR.KERNEL_SIZE)
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"OFD.CONNECTOR.KERNEL_SIZE = {kernel_size}; expected an odd number >= 1")
@@ -129,12 +128,6 @@ class OFD(Distiller):
             module.train(mode)
         return self
 
-    def get_learnable_parameters(self) -> list[nn.Parameter]:
-        return super().get_learnable_parameters() + list(self.connectors.parameters())
-
-    def get_extra_parameters(self) -> int:
-        return sum(p.numel() for p in self.connectors.parameters())
-
     def ofd_loss(self, feats_student: Sequence[torch.Tensor], feats_teacher: Sequence[torch.Tensor]) -> torch.Tensor:
         """Sum over the last ``num_stages`` stages of ``ofd_feature_loss / 2^(n - i - 1)``."""
         n = self.num_stages
@@ -155,12 +148,5 @@ class OFD(Distiller):
             total = total + ofd_feature_loss(connected, target, margin) / 2 ** (n - i - 1)
         return total
 
-    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
-        logits_student, feats_student = self.student(image)
-        with torch.no_grad():
-            _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
-        loss_feat = self.feat_loss_weight * self.ofd_loss(
-            feats_student["preact_feats"][1:], feats_teacher["preact_feats"][1:]
-        )
-        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}
+    def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        return self.ofd_loss(feats_student["preact_feats"][1:], feats_teacher["preact_feats"][1:])

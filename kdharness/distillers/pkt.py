@@ -19,9 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 PKT_EPS = 1e-7  # mdistiller's guard in the norms and the logarithm
@@ -49,18 +48,11 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = PKT_EPS) -> torc
 
 
 @register_distiller("PKT")
-class PKT(Distiller):
+class PKT(FeatureDistiller):
     """Cross-entropy plus ``PKT.LOSS.FEAT_WEIGHT * pkt_loss(pooled student, pooled teacher)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "PKT"), cfg)
-        self.ce_loss_weight = float(cfg.PKT.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.PKT.LOSS.FEAT_WEIGHT)
+        super().__init__(student, teacher, cfg, "PKT")
 
-    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
-        logits_student, feats_student = self.student(image)
-        with torch.no_grad():
-            _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
-        loss_feat = self.feat_loss_weight * pkt_loss(feats_student["pooled_feat"], feats_teacher["pooled_feat"])
-        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_feat}
+    def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        return pkt_loss(feats_student["pooled_feat"], feats_teacher["pooled_feat"])

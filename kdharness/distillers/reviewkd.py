@@ -26,9 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 MID_CHANNEL_CAP = 512  # mdistiller's hard-coded cap on the ABFs' common width
@@ -94,11 +93,11 @@ class ABF(nn.Module):
 
 
 @register_distiller("REVIEWKD")
-class ReviewKD(Distiller):
+class ReviewKD(FeatureDistiller):
     """Cross-entropy plus HCL between the ABF outputs and the teacher's pre-ReLU stage features."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "REVIEWKD"), cfg)
+        super().__init__(student, teacher, cfg, "REVIEWKD", ce_weight="CE_WEIGHT", feat_weight="REVIEWKD_WEIGHT")
         node = cfg.REVIEWKD
         self.shapes = [int(v) for v in node.SHAPES]
         self.out_shapes = [int(v) for v in node.OUT_SHAPES]
@@ -110,8 +109,6 @@ class ReviewKD(Distiller):
                 "REVIEWKD.SHAPES, OUT_SHAPES, IN_CHANNELS and OUT_CHANNELS need one entry per stage; got lengths "
                 f"{len(self.shapes)}, {len(self.out_shapes)}, {len(in_channels)}, {len(out_channels)}"
             )
-        self.ce_loss_weight = float(node.CE_WEIGHT)
-        self.reviewkd_loss_weight = float(node.REVIEWKD_WEIGHT)
         self.warmup_epochs = int(node.WARMUP_EPOCHS)
         if self.warmup_epochs < 1:
             raise ValueError(f"REVIEWKD.WARMUP_EPOCHS = {self.warmup_epochs}; expected >= 1")
@@ -150,5 +147,5 @@ class ReviewKD(Distiller):
         targets = list(feats_teacher["preact_feats"][1:]) + [pooled_t.reshape(pooled_t.shape[0], -1, 1, 1)]
         loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
         scale = warmup_scale(kwargs.get("epoch"), self.warmup_epochs)
-        loss_reviewkd = self.reviewkd_loss_weight * scale * hcl_loss(results, targets)
+        loss_reviewkd = self.feat_loss_weight * scale * hcl_loss(results, targets)
         return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_reviewkd}

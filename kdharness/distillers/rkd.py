@@ -25,9 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 
@@ -77,24 +76,18 @@ def rkd_loss(
 
 
 @register_distiller("RKD")
-class RKD(Distiller):
+class RKD(FeatureDistiller):
     """Cross-entropy plus ``RKD.LOSS.FEAT_WEIGHT * rkd_loss(pooled student, pooled teacher)``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "RKD"), cfg)
+        super().__init__(student, teacher, cfg, "RKD")
         self.distance_weight = float(cfg.RKD.DISTANCE_WEIGHT)
         self.angle_weight = float(cfg.RKD.ANGLE_WEIGHT)
-        self.ce_loss_weight = float(cfg.RKD.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.RKD.LOSS.FEAT_WEIGHT)
         self.eps = float(cfg.RKD.PDIST.EPSILON)
         self.squared = bool(cfg.RKD.PDIST.SQUARED)
 
-    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
-        logits_student, feats_student = self.student(image)
-        with torch.no_grad():
-            _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
-        loss_rkd = self.feat_loss_weight * rkd_loss(
+    def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        return rkd_loss(
             feats_student["pooled_feat"],
             feats_teacher["pooled_feat"],
             self.squared,
@@ -102,4 +95,3 @@ class RKD(Distiller):
             self.distance_weight,
             self.angle_weight,
         )
-        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_rkd}

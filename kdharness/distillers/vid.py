@@ -32,9 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kdharness.distillers._base import Distiller
+from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
-from kdharness.distillers.kd import require_teacher
 from kdharness.registry import register_distiller
 
 
@@ -79,13 +78,13 @@ def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 
 @register_distiller("VID")
-class VID(Distiller):
+class VID(FeatureDistiller):
     """Cross-entropy plus the variational information loss on every stage after the stem."""
 
+    extra_modules = ("regressors",)
+
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        super().__init__(student, require_teacher(teacher, "VID"), cfg)
-        self.ce_loss_weight = float(cfg.VID.LOSS.CE_WEIGHT)
-        self.feat_loss_weight = float(cfg.VID.LOSS.FEAT_WEIGHT)
+        super().__init__(student, teacher, cfg, "VID")
         self.eps = float(cfg.VID.EPS)
         init_pred_var = float(cfg.VID.INIT_PRED_VAR)
         if not init_pred_var > self.eps:
@@ -107,12 +106,6 @@ class VID(Distiller):
     def log_scales(self) -> list[torch.Tensor]:
         return [getattr(self, f"log_scale_{i}") for i in range(len(self.regressors))]
 
-    def get_learnable_parameters(self) -> list[nn.Parameter]:
-        return super().get_learnable_parameters() + list(self.regressors.parameters())
-
-    def get_extra_parameters(self) -> int:
-        return sum(p.numel() for p in self.regressors.parameters())
-
     def vid_loss(self, feats_student: Sequence[torch.Tensor], feats_teacher: Sequence[torch.Tensor]) -> torch.Tensor:
         """Sum over stages of ``vid_nll`` (features paired from the first stage after the stem)."""
         total = feats_student[0].new_zeros(())
@@ -121,10 +114,5 @@ class VID(Distiller):
             total = total + vid_nll(regressor(f_s), f_t, log_scale, self.eps)
         return total
 
-    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **kwargs: Any):
-        logits_student, feats_student = self.student(image)
-        with torch.no_grad():
-            _, feats_teacher = self.teacher(image)
-        loss_ce = self.ce_loss_weight * self.ce_loss(logits_student, target)
-        loss_vid = self.feat_loss_weight * self.vid_loss(feats_student["feats"][1:], feats_teacher["feats"][1:])
-        return logits_student, {"loss_ce": loss_ce, "loss_kd": loss_vid}
+    def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
+        return self.vid_loss(feats_student["feats"][1:], feats_teacher["feats"][1:])

@@ -28,8 +28,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdharness.bench import PeakMemory, hardware_info, paired_ratios, resolve_device, round_robin, summarize
-from kdharness.bench.step_time import (
+from benchmarks.step_time import (
     CONFIG_ROOT,
     DATASET,
     Pair,
@@ -40,6 +39,7 @@ from kdharness.bench.step_time import (
     load_method_config,
     resolve_pair,
 )
+from kdharness.bench import PeakMemory, hardware_info, paired_ratios, resolve_device, round_robin, summarize
 
 REFERENCE = "teacher_pass"
 
@@ -90,7 +90,8 @@ def bench_bank_build(
     """
     from ickd_plugin import MemoryBank
     from ickd_plugin.features import find_classifier
-    from ickd_plugin.memory_bank import extract_features, no_augmentation_view
+    from ickd_plugin.teacher_pass import extract_features
+    from ickd_plugin.training_view import no_augmentation_view
     from kdharness.models import create_model
     from kdharness.compose import load_builtin_components
 

@@ -55,7 +55,8 @@ def received_bytes(world: int, batch: int, dim: int, k: int, n: int, remote_rows
 def _worker(rank: int, world: int, port: int, case: dict[str, Any], warmup: int, repeats: int, out: str) -> None:
     import torch.distributed as dist
 
-    from ickd_plugin.memory_bank import MemoryBank, shard_bounds
+    from ickd_plugin.distributed import shard_bounds
+    from ickd_plugin.memory_bank import MemoryBank
     from ickd_plugin.retrieval import retrieve
     from ickd_plugin.sharded_bank import ShardedMemoryBank
     from ickd_plugin.sharded_retrieval import sharded_retrieve
