@@ -277,7 +277,7 @@ def cfg_get(cfg: CN, dotted_key: str):
 
 
 def read_config_file(path: str) -> dict:
-    """The YAML file's top-level mapping (``{}`` for an empty file); ConfigError otherwise.
+    """The YAML file's top-level mapping; ConfigError for anything else, an empty file included.
 
     yaml's own errors say ``in "<unicode string>"`` and span several lines, and yacs fails
     on a list or a scalar with a traceback about CfgNode; this message names the file, the
@@ -296,8 +296,13 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"{path}{where}: not valid YAML: {what}; fix the syntax there") from error
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not a YAML text file ({type(error).__name__}: {error})") from error
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        # Merged into nothing, it would silently train the defaults (mdistiller's CIFAR-100 run).
+        what = "empty (or holds only comments)" if data is None else "an empty mapping"
+        raise ConfigError(
+            f"{path}: the file is {what}; expected a mapping of config nodes, e.g. 'SOLVER:' on one line "
+            "and '  EPOCHS: 240' indented below it (a config holding nothing would train the defaults)"
+        )
     if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
         seen = type(data).__name__ if not isinstance(data, dict) else "mapping with non-text keys"
         raise ConfigError(
