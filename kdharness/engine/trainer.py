@@ -30,10 +30,12 @@ from tqdm import tqdm
 
 from kdharness.data.loaders import build_train_eval_loader
 from kdharness.engine import distributed, run_dir
-from kdharness.engine.checkpoint import atomic_write_bytes, save_checkpoint
+from kdharness.engine.checkpoint import atomic_write_bytes, keep_previous, save_checkpoint
 from kdharness.engine.step_state import StepStateSnapshot
 from kdharness.engine.diagnostics import DiagnosticsLog
+from kdharness.engine.io_errors import append_text
 from kdharness.engine.run_info import run_metadata
+from kdharness.engine.scalar_log import open_scalar_log
 from kdharness.engine.utils import (
     AverageMeter,
     accuracy,
@@ -207,9 +209,8 @@ class BaseTrainer:
 
     def _open_event_writer(self) -> None:
         if self.is_main:
-            from tensorboardX import SummaryWriter
-
-            self.tf_writer = SummaryWriter(os.path.join(self.log_path, "train.events"))
+            # tensorboard events, and wandb with LOG.WANDB (kdharness/engine/scalar_log.py, wandb_log.py)
+            self.tf_writer = open_scalar_log(self.log_path, self.cfg, os.path.relpath(self.log_path, self.cfg.LOG.PREFIX))
 
     # -- checkpoints --------------------------------------------------------------------
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
@@ -239,7 +240,7 @@ class BaseTrainer:
         """Keep the previous `latest` as `latest.prev` so one bad write never loses the run."""
         path = os.path.join(self.log_path, "latest")
         if os.path.exists(path):
-            os.replace(path, path + ".prev")
+            keep_previous(path, path + ".prev")  # `latest` stays too, should its successor fail to write
         save_checkpoint(state, path)
 
     def _prepare_run_directory(self, resume: bool, start_over: bool) -> dict[str, Any] | None:
@@ -255,8 +256,7 @@ class BaseTrainer:
         distributed.barrier()
         if moved is not None:
             print(log_msg(f"--start-over: the earlier run in {self.log_path} was moved to {moved}", "WARN"))
-            self.tf_writer.close()  # its events file moved along; continue in a new one
-            self._open_event_writer()
+            self.tf_writer.reopen()  # its events file moved along; continue in a new one
         if self.is_main:
             print(log_msg(f"run directory {self.log_path} (its config and every epoch go to worklog.txt)", "INFO"))
         return None
@@ -350,8 +350,7 @@ class BaseTrainer:
         summary = self.write_summary(complete=True)
         if self.is_main:
             print(log_msg(f"Best accuracy: {self.best_acc:.2f} (epoch {self.best_epoch}); run directory {self.log_path}", "EVAL"))
-            with open(os.path.join(self.log_path, "worklog.txt"), "a") as writer:
-                writer.write(f"best_acc\t{self.best_acc:.2f}\n")
+            append_text(os.path.join(self.log_path, "worklog.txt"), f"best_acc\t{self.best_acc:.2f}\n")
         return summary
 
     def train_epoch(self, epoch: int) -> None:
@@ -568,6 +567,7 @@ class BaseTrainer:
     def _log_epoch(self, epoch: int, lr: float, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self.tf_writer.add_scalar(name, value, epoch)
+        self.tf_writer.add_scalar("lr", lr, epoch)
         self.tf_writer.flush()
         lines = ["-" * 25, f"epoch: {epoch}", f"lr: {lr:.4f}"]
         lines += [f"{name}: {value:.2f}" for name, value in metrics.items()]
@@ -575,8 +575,7 @@ class BaseTrainer:
         path = os.path.join(self.log_path, "worklog.txt")
         if not os.path.exists(path):  # the run's first record: its whole config first (it is not printed)
             lines.insert(0, f"config:\n{self.cfg.dump()}")
-        with open(path, "a") as writer:
-            writer.write("\n".join(lines) + "\n")
+        append_text(path, "\n".join(lines) + "\n")
         print(log_msg(self._epoch_line(epoch, metrics), "EVAL" if "test_acc" in metrics else "TRAIN"))
 
     def _epoch_line(self, epoch: int, metrics: dict[str, float]) -> str:
