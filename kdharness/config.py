@@ -85,7 +85,8 @@ CFG.LOG.SAVE_STEP_FREQ = 0  # ours: >0 also writes `latest` every N steps (mid-e
 CFG.LOG.PREFIX = "./output"
 CFG.LOG.EVAL_FREQ = 1  # ours: evaluate the test set every N epochs (and always after the last)
 CFG.LOG.EVAL_TRAIN_SET = False  # ours: also evaluate the un-augmented training set (history: train_eval_acc)
-CFG.LOG.WANDB = False  # mdistiller defaults to True; we have no network for it
+CFG.LOG.WANDB = False  # mdistiller defaults to True; ours: optional extra, works offline (kdharness/engine/wandb_log.py)
+CFG.LOG.WANDB_PROJECT = ""  # ours: the wandb project; "" means EXPERIMENT.PROJECT, as in mdistiller
 
 # KD (Hinton et al.)
 CFG.KD = CN()

@@ -1,4 +1,4 @@
-"""The run's scalar logs: tensorboard events.
+"""The run's scalar logs: tensorboard events always, Weights & Biases too with ``LOG.WANDB``.
 
 The trainer's ``tf_writer`` is a `ScalarLog`: ``add_scalar(tag, value, step)``, ``flush()``,
 ``close()``, as tensorboardX's SummaryWriter, for the scalars the trainer logs (loss terms and
@@ -94,5 +94,13 @@ class ScalarLog:
 
 
 def open_scalar_log(log_path: str, cfg: Any, experiment_name: str) -> ScalarLog:
-    """Tensorboard events in ``<log_path>/train.events``."""
-    return ScalarLog(TensorboardScalars(os.path.join(log_path, "train.events")))
+    """Tensorboard events in ``<log_path>/train.events``, plus wandb when ``cfg.LOG.WANDB`` is set
+    and wandb can be used (else one warning line and tensorboard only)."""
+    mirrors = []
+    if cfg.LOG.get("WANDB", False):
+        from kdharness.engine.wandb_log import open_wandb
+
+        mirror = open_wandb(cfg, experiment_name, log_path)
+        if mirror is not None:
+            mirrors.append(mirror)
+    return ScalarLog(TensorboardScalars(os.path.join(log_path, "train.events")), mirrors)
