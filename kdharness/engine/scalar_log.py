@@ -23,6 +23,7 @@ from tensorboardX.record_writer import RecordWriter
 from tensorboardX.summary import scalar
 
 from kdharness.engine.io_errors import writing
+from kdharness.engine.utils import log_msg
 
 
 class TensorboardScalars:
@@ -85,7 +86,13 @@ class ScalarLog:
             mirror.flush()
 
     def close(self) -> None:
-        self.tensorboard.close()
+        """Close every log. Closing also runs on the way out of a failed run, so a failed last
+        write of the events is a warning, not an error hiding the one that ended the run; the
+        events up to the last `flush` (each epoch's end) are on disk."""
+        try:
+            self.tensorboard.close()
+        except OSError as error:
+            print(log_msg(f"{error}; the tensorboard events up to the last epoch are on disk", "WARN"), flush=True)
         for mirror in self.mirrors:
             mirror.close()
 
