@@ -24,6 +24,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3"],
         "plot": ["matplotlib>=3.6"],
+        "wandb": ["wandb>=0.15"],  # LOG.WANDB True: the run's scalars in Weights & Biases too
     },
     entry_points={
         # The host calls every plugin's register(distiller_dict, CFG, trainer_dict) at start-up.

@@ -85,7 +85,8 @@ CFG.LOG.SAVE_STEP_FREQ = 0  # ours: >0 also writes `latest` every N steps (mid-e
 CFG.LOG.PREFIX = "./output"
 CFG.LOG.EVAL_FREQ = 1  # ours: evaluate the test set every N epochs (and always after the last)
 CFG.LOG.EVAL_TRAIN_SET = False  # ours: also evaluate the un-augmented training set (history: train_eval_acc)
-CFG.LOG.WANDB = False  # mdistiller defaults to True; we have no network for it
+CFG.LOG.WANDB = False  # mdistiller defaults to True; ours: optional extra, works offline (kdharness/engine/wandb_log.py)
+CFG.LOG.WANDB_PROJECT = ""  # ours: the wandb project; "" means EXPERIMENT.PROJECT, as in mdistiller
 
 # KD (Hinton et al.)
 CFG.KD = CN()
@@ -277,7 +278,7 @@ def cfg_get(cfg: CN, dotted_key: str):
 
 
 def read_config_file(path: str) -> dict:
-    """The YAML file's top-level mapping (``{}`` for an empty file); ConfigError otherwise.
+    """The YAML file's top-level mapping; ConfigError for anything else, an empty file included.
 
     yaml's own errors say ``in "<unicode string>"`` and span several lines, and yacs fails
     on a list or a scalar with a traceback about CfgNode; this message names the file, the
@@ -296,8 +297,13 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"{path}{where}: not valid YAML: {what}; fix the syntax there") from error
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not a YAML text file ({type(error).__name__}: {error})") from error
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        # Merged into nothing, it would silently train the defaults (mdistiller's CIFAR-100 run).
+        what = "empty (or holds only comments)" if data is None else "an empty mapping"
+        raise ConfigError(
+            f"{path}: the file is {what}; expected a mapping of config nodes, e.g. 'SOLVER:' on one line "
+            "and '  EPOCHS: 240' indented below it (a config holding nothing would train the defaults)"
+        )
     if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
         seen = type(data).__name__ if not isinstance(data, dict) else "mapping with non-text keys"
         raise ConfigError(

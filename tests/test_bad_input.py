@@ -84,6 +84,9 @@ def _trained(prefix: Path) -> bool:
         ("SOLVER:\n  EPOCHS: [1\n", ("not valid YAML", "line 2, column 11")),
         ("- SOLVER\n- EPOCHS\n", ("top level is a list", "expected a mapping")),
         ("just words\n", ("top level is a str", "expected a mapping")),
+        ("", ("the file is empty", "expected a mapping")),  # once trained the CIFAR-100 defaults
+        ("# SOLVER:\n#   EPOCHS: 3\n", ("the file is empty", "expected a mapping")),
+        ("{}\n", ("an empty mapping", "expected a mapping")),
         ("SOLVER:\n  EPOCHS: 3\n\tLR: 0.1\n", ("not valid YAML", "line 3, column 1")),
     ],
 )

@@ -309,6 +309,49 @@ def test_kdsvd_loss_hand_value():
     assert kdsvd_loss(twice(g_s), twice(g_t), 1).item() == pytest.approx(expected, rel=2e-5)
 
 
+@pytest.mark.parametrize("shape", [(3, 12, 5), (3, 4, 7)])  # tall and wide matrices
+@pytest.mark.parametrize("n", [2, 0])  # the leading two kept, or all
+def test_leading_svd_backward_is_torchs_where_that_is_finite(shape, n):
+    """Same values and, in float64 on matrices with distinct singular values, the same
+    gradient as torch.linalg.svd's own backward (the same formula; only pairs of two unused
+    indices, whose terms are exactly zero, are left out)."""
+    from kdharness.distillers.kdsvd import LeadingSVD
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_(True)
+    kept = n if n > 0 else min(shape[1:])
+    w_s = torch.randn(shape[0], kept, dtype=torch.float64, generator=generator)
+    w_v = torch.randn(shape[0], kept, shape[2], dtype=torch.float64, generator=generator)
+
+    def loss(s, vh):  # invariant to the vectors' signs, as KDSVD is after alignment
+        return (s[:, :kept] * w_s).sum() + ((vh[:, :kept] * w_v).sum(-1) ** 2).sum()
+
+    s_ref, vh_ref = torch.linalg.svd(a, full_matrices=False)[1:]
+    s_new, vh_new = LeadingSVD.apply(a, n)
+    assert torch.equal(s_ref, s_new) and torch.equal(vh_ref, vh_new)
+    (g_ref,) = torch.autograd.grad(loss(s_ref, vh_ref), a)
+    (g_new,) = torch.autograd.grad(loss(s_new, vh_new), a)
+    assert torch.allclose(g_new, g_ref, rtol=1e-9, atol=1e-9 * g_ref.abs().max().item())
+
+
+def test_kdsvd_gradient_is_finite_on_zero_padded_images():
+    """Issue 23: on resnet14 -> resnet8 and Fashion-MNIST-like images (28x28 in a 32x32 zero
+    frame, dark borders), stage 1's (C*H) x W matrices have identical constant columns, so
+    repeated zero singular values. The loss was finite, but torch's SVD backward gave 0/0 = NaN
+    for those unused pairs and the run ended at step 2 in a LinAlgError."""
+    torch.manual_seed(0)
+    student = create_model("resnet8", "fashion_mnist", 10)
+    teacher = create_model("resnet14", "fashion_mnist", 10).eval().requires_grad_(False)
+    distiller = KDSVD(student, teacher, get_cfg_defaults()).train()
+    image = torch.zeros(8, 3, 32, 32)
+    image[:, :, 2:30, 9:23] = torch.rand(8, 1, 28, 14)  # the item in the middle, dark around it
+    _, losses = distiller(image=image, target=torch.arange(8))
+    assert losses["loss_kd"].item() > 0 and torch.isfinite(losses["loss_kd"])
+    sum(losses.values()).backward()
+    for name, parameter in student.named_parameters():
+        assert torch.isfinite(parameter.grad).all(), name
+
+
 # ------------------------------------------------------------------------------ distillers on stand-in models
 
 

@@ -22,7 +22,7 @@ import kdharness.models  # noqa: F401  (registers the zoo)
 from kdharness.config import get_cfg_defaults
 from kdharness.distillers import distiller_dict
 from kdharness.distillers.ofd import OFD, ofd_feature_loss, ofd_margin
-from kdharness.distillers.reviewkd import ABF, ReviewKD, hcl_loss, warmup_scale
+from kdharness.distillers.reviewkd import ABF, ReviewKD, hcl_loss, probe_review_lists, warmup_scale
 from kdharness.distillers.vid import VID, inverse_softplus, match_spatial, probe_feature_channels, vid_nll
 
 F32_EPS = 2.0**-23
@@ -215,6 +215,33 @@ def test_reviewkd_state_dict_layout_and_loss_ramp():
         rkd(image=image, target=target)
     with pytest.raises(ValueError, match="REVIEWKD.SHAPES"):
         ReviewKD(student, teacher, _cfg(**{"REVIEWKD.SHAPES": "[1, 8]"}))
+
+
+def test_reviewkd_lists_left_at_their_defaults_follow_the_models():
+    """Issue 23: mdistiller's defaults are resnet32x4's; on resnet14 -> resnet8 (Fashion-MNIST)
+    they ended in 'expected input[64, 64, 1, 1] to have 256 channels'. Left at their defaults,
+    the lists are now the models' own, and the ImageNet configs' lists are what the probe finds."""
+    student, teacher = _models("cifar_resnet8", "cifar_resnet14")
+    rkd = ReviewKD(student, teacher, _cfg()).train()
+    assert rkd.abfs[0].conv1[0].weight.shape == (64, 64, 1, 1)  # pooled 64-d feature, common width 64
+    assert [abf.conv2[0].out_channels for abf in rkd.abfs] == [64, 64, 32, 16]  # deepest first
+    assert rkd.shapes == [1, 8, 16, 32] and rkd.out_shapes == [1, 8, 16, 32]
+    _, losses = rkd(image=torch.randn(4, 3, 32, 32), target=torch.randint(0, 10, (4,)), epoch=30)
+    assert torch.isfinite(losses["loss_kd"]) and losses["loss_kd"].item() > 0
+    big_student, big_teacher = _models("imagenet_MobileNetV1", "imagenet_ResNet50")
+    assert probe_review_lists(big_student, big_teacher) == {  # configs/imagenet/reviewkd/r50_mv1.yaml
+        "IN_CHANNELS": [128, 256, 512, 1024, 1024], "OUT_CHANNELS": [256, 512, 1024, 2048, 2048],
+        "SHAPES": [1, 7, 14, 28, 56], "OUT_SHAPES": [1, 7, 14, 28, 56]}
+
+
+def test_reviewkd_channel_lists_that_do_not_fit_are_refused_naming_keys_and_channels():
+    student, teacher = _models("cifar_resnet8", "cifar_resnet14")
+    with pytest.raises(ValueError, match=r"REVIEWKD\.IN_CHANNELS = \[8, 8, 8, 8\] does not fit.* "
+                                         r"\[16, 32, 64, 64\] channels \(REVIEWKD\.IN_CHANNELS\)"):
+        ReviewKD(student, teacher, _cfg(**{"REVIEWKD.IN_CHANNELS": "[8, 8, 8, 8]"}))
+    with pytest.raises(ValueError, match=r"REVIEWKD\.IN_CHANNELS = .* and REVIEWKD\.OUT_CHANNELS = \[16, 32, 64\] do not"):
+        ReviewKD(student, teacher, _cfg(**{"REVIEWKD.IN_CHANNELS": "[8, 8, 8, 8]", "REVIEWKD.OUT_CHANNELS": "[16, 32, 64]"}))
+    ReviewKD(student, teacher, _cfg(**{"REVIEWKD.IN_CHANNELS": "[16, 32, 64, 64]"}))  # set by hand and right: kept
 
 
 @pytest.mark.parametrize("name", ["OFD", "VID", "REVIEWKD"])

@@ -231,6 +231,75 @@ def test_nan_stop_is_one_error_line_with_exit_status_2(fashion_root, tmp_path, c
     _assert_one_error_line(capsys.readouterr().err, "non-finite loss at epoch 1, step 0", "nan_state", "SOLVER.LR")
 
 
+def _poison_gradients(trainer: BaseTrainer, global_steps) -> None:
+    """At the given global steps (0-based) the loss stays finite but the gradient of the
+    student's logits is NaN, as KDSVD's SVD backward once made it (issue 23)."""
+    distiller = unwrap(trainer.distiller)
+    original = distiller.forward_train
+
+    def forward_train(**kwargs):
+        logits, losses = original(**kwargs)
+        if trainer.global_step in global_steps:
+            logits.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+        return logits, losses
+
+    distiller.forward_train = forward_train
+
+
+def test_non_finite_gradient_of_a_finite_loss_stops_with_one_error_line(fashion_root, tmp_path, capsys, monkeypatch):
+    """Checked after backward, before the optimizer step: the saved state is the one before the step."""
+    built = {}
+    original_init = BaseTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        _poison_gradients(self, {1})
+        built["trainer"] = self
+
+    monkeypatch.setattr(BaseTrainer, "__init__", init)
+    assert _train_cli().main(["--cfg", str(VANILLA_CFG), *_opts(fashion_root, tmp_path)]) == 2
+    _assert_one_error_line(capsys.readouterr().err, "non-finite gradient (", "student.conv1.weight",
+                           "at epoch 1, step 1", "nan_state", "SOLVER.LR")
+    trainer = built["trainer"]
+    saved = load_checkpoint(os.path.join(trainer.log_path, "nan_state"))
+    assert saved["global_step"] == 1 and all(v == v for v in saved["non_finite_terms"].values())  # finite loss
+    for name, value in saved["model"].items():
+        assert torch.isfinite(value.float()).all(), name
+        assert torch.equal(value, unwrap(trainer.distiller).state_dict()[name]), name  # the step was not applied
+
+
+@pytest.mark.parametrize("config, trainer_name", [("vanilla/res8.yaml", "base"), ("kd/res14_res8.yaml", "dot")])
+def test_non_finite_gradient_under_nan_policy_skip_leaves_everything_as_before(
+        config, trainer_name, fashion_root, teacher, tmp_path):
+    opts = _opts(fashion_root, tmp_path, "SOLVER.NAN_POLICY", "skip", "SOLVER.TRAINER", trainer_name,
+                 "DISTILLER.TEACHER_WEIGHTS", str(teacher))
+    trainer = _build(FASHION / config, opts)
+    poisoned_step = 2
+    _poison_gradients(trainer, {poisoned_step})
+    seen = {}
+    original = trainer._run_step
+
+    def run_step(data, epoch, step):
+        if trainer.global_step == poisoned_step:
+            seen["before"] = (_tensors(trainer.distiller), _optimizer_tensors(trainer.optimizer))
+            seen["result"] = original(data, epoch, step)
+            seen["after"] = (_tensors(trainer.distiller), _optimizer_tensors(trainer.optimizer))
+            return seen["result"]
+        return original(data, epoch, step)
+
+    trainer._run_step = run_step
+    summary = trainer.train()
+    assert summary["skipped_steps"] == 1 and summary["complete"] and seen["result"] is None
+    (model_before, optim_before), (model_after, optim_after) = seen["before"], seen["after"]
+    assert optim_before and set(optim_before) == set(optim_after)
+    for name in model_before:
+        assert torch.equal(model_before[name], model_after[name]), name
+    for name in optim_before:
+        assert torch.equal(optim_before[name], optim_after[name]), name
+    for name, value in unwrap(trainer.distiller).student.state_dict().items():
+        assert torch.isfinite(value.float()).all(), name
+
+
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in module.state_dict().items()}
 

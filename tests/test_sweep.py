@@ -136,3 +136,22 @@ def test_dry_run_with_real_configs_uses_train_py_run_directory(tmp_path, capsys)
     assert len(lines) == 3  # commands only: nothing ran
     assert sweep.main(["--cfg", str(tmp_path / "missing.yaml"), "--dry-run"]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_a_sweep_names_the_file_of_every_config_it_refuses(tmp_path, capsys):
+    """A bad value or name in one of several configs: each refused file is named, and nothing runs."""
+    good = tmp_path / "good.yaml"
+    good.write_text((ROOT / "configs/cifar100/kd/res32x4_res8x4.yaml").read_text()
+                    + f"LOG:\n  PREFIX: {str(tmp_path / 'out')!r}\n")
+    bad_value = tmp_path / "bad_value.yaml"
+    bad_value.write_text(good.read_text().replace("LR: 0.05", "LR: -0.05"))
+    bad_name = tmp_path / "bad_name.yaml"
+    bad_name.write_text(good.read_text().replace('TYPE: "KD"', 'TYPE: "KDD"'))
+    assert "LR: -0.05" in bad_value.read_text() and '"KDD"' in bad_name.read_text()
+
+    code = sweep.main(["--cfg", str(good), str(bad_value), str(bad_name), "--seeds", "0", "1", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: 2 of 3 configs refused"), err
+    assert f"{bad_value}: SOLVER.LR = -0.05" in err and f"{bad_name}: DISTILLER.TYPE = 'KDD'" in err, err
+    assert f"{good}:" not in err and "Traceback" not in err

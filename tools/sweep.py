@@ -120,6 +120,9 @@ def plan_sweep(configs: Sequence[str], seeds: Sequence[int], opts: Sequence[str]
                run_dir_fn: Callable[[str, Sequence[str]], str] = run_directory) -> list[PlannedRun]:
     """Every (config, seed) in order, with its command and action; launches nothing.
 
+    A config that cannot be loaded is a SweepError naming its file, after every config was
+    tried, so that one message lists all the files to fix.
+
     The seed override comes first in the overrides, as in the command, so the run
     directory name (which lists the overrides in order) is the one train.py will use.
     """
@@ -132,10 +135,15 @@ def plan_sweep(configs: Sequence[str], seeds: Sequence[int], opts: Sequence[str]
         raise SweepError("a sweep needs at least one --cfg and one seed")
     plan: list[PlannedRun] = []
     owners: dict[str, tuple[str, int]] = {}
+    refused: dict[str, str] = {}  # config file -> why; every one is reported, not only the first
     for config in dict.fromkeys(configs):
         for seed in dict.fromkeys(seeds):
             run_opts = [SEED_KEY, str(seed), *opts]
-            run_dir = os.path.normpath(run_dir_fn(config, run_opts))
+            try:
+                run_dir = os.path.normpath(run_dir_fn(config, run_opts))
+            except ValueError as error:  # ConfigError: a value or a name, which need not mention the file
+                refused.setdefault(config, str(error))
+                break
             if run_dir in owners:
                 other, other_seed = owners[run_dir]
                 raise SweepError(
@@ -147,6 +155,11 @@ def plan_sweep(configs: Sequence[str], seeds: Sequence[int], opts: Sequence[str]
             cmd = train_command(config, seed, opts, resume=action == RESUME, python=python, train_script=train_script,
                                 start_over=action == RUN and _needs_start_over(run_dir))
             plan.append(PlannedRun(cmd, action, config, seed, run_dir))
+    if refused:
+        raise SweepError(
+            f"{len(refused)} of {len(dict.fromkeys(configs))} configs refused, nothing was run:\n"
+            + "\n".join(f"  {config}: {why}" for config, why in refused.items())
+        )
     return plan
 
 

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported once the config is known to be good: a typo is reported before torch loads.
     from kdharness.engine.build import build_trainer, check_run_directory
     from kdharness.engine.checkpoint import CheckpointError
+    from kdharness.engine.io_errors import describe_os_error
     from kdharness.engine.trainer import EXIT_RUN_DIRECTORY_LOCKED, NonFiniteLossError, RunDirectoryLocked
     from kdharness.engine.utils import log_msg
 
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, NonFiniteLossError) as error:
         # ValueError: a distiller or plugin refusing its config node (e.g. ICKD.K too large)
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the machine, not the command: a full disk, a permission, a vanished directory
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -45,6 +45,52 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
+class LeadingSVD(torch.autograd.Function):
+    """``torch.linalg.svd(a, full_matrices=False)``'s singular values and ``Vh``, with a backward
+    that stays finite when singular values repeat outside the leading ``n`` that the loss uses.
+
+    torch's backward divides by ``s_j^2 - s_i^2`` for *every* pair ``(i, j)``; two equal
+    singular values give ``0 / 0 = NaN`` even when neither vector reaches the loss. Feature
+    maps of zero-padded images (Fashion-MNIST's 28x28 in a 32x32 frame, with dark borders)
+    have identical constant columns, hence repeated zero singular values: the loss is finite,
+    its gradient NaN. A pair of two unused indices contributes exactly zero (``Vh``'s gradient
+    is zero in those rows), so leaving such pairs out gives torch's gradient wherever that is
+    finite, and a finite one whenever the kept singular values differ from all the others.
+    A repeated *kept* value has no derivative: its gradient stays non-finite, for the
+    trainer's SOLVER.NAN_POLICY. Backward formula (U's gradient zero): Townsend, "Differentiating
+    the singular value decomposition" (2016), with ``F_ij = 1 / (s_j^2 - s_i^2)``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        ctx.save_for_backward(u, s, vh)
+        ctx.n = n
+        return s, vh
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_s: torch.Tensor | None, grad_vh: torch.Tensor | None):
+        u, s, vh = ctx.saved_tensors
+        k = s.shape[-1]
+        grad_s = torch.zeros_like(s) if grad_s is None else grad_s
+        grad_v = torch.zeros_like(vh).transpose(-2, -1) if grad_vh is None else grad_vh.transpose(-2, -1)
+        index = torch.arange(k, device=s.device)
+        used = index < ctx.n if ctx.n > 0 else torch.ones_like(index, dtype=torch.bool)
+        skipped = (~used.unsqueeze(0) & ~used.unsqueeze(1)) | torch.eye(k, dtype=torch.bool, device=s.device)
+        s2 = s * s
+        gap = s2.unsqueeze(-2) - s2.unsqueeze(-1)  # [..., i, j] = s_j^2 - s_i^2
+        inverse_gap = torch.where(skipped, torch.zeros_like(gap), 1.0 / torch.where(skipped, torch.ones_like(gap), gap))
+        vhgv = vh @ grad_v
+        inner = s.unsqueeze(-1) * (inverse_gap * (vhgv - vhgv.transpose(-2, -1))) + torch.diag_embed(grad_s)
+        grad_a = u @ inner @ vh
+        if k < vh.shape[-1]:  # wide matrix: the part of V's gradient outside V's span
+            inverse_s = torch.where(used, 1.0 / torch.where(used, s, torch.ones_like(s)), torch.zeros_like(s))
+            outside = grad_v.transpose(-2, -1) - (grad_v.transpose(-2, -1) @ vh.transpose(-2, -1)) @ vh
+            grad_a = grad_a + (u * inverse_s.unsqueeze(-2)) @ outside
+        return grad_a, None
+
+
 def truncated_svd(feat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised leading singular values ``[B, n]`` and right-singular vectors ``[B, W, n]``.
 
@@ -53,7 +99,7 @@ def truncated_svd(feat: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tenso
     if feat.dim() != 4:
         raise ValueError(f"KDSVD expects [B, C, H, W] stage features; got shape {tuple(feat.shape)}")
     b, c, h, w = feat.shape
-    _, s, vh = torch.linalg.svd(feat.reshape(b, c * h, w).float(), full_matrices=False)
+    s, vh = LeadingSVD.apply(feat.reshape(b, c * h, w).float(), n)
     s, v = _finite(s), _finite(vh.transpose(-2, -1))
     if n > 0:
         s = F.normalize(s[:, :n], p=2, dim=1)

@@ -12,7 +12,11 @@ divided by the sum of the weights used. The term ramps up linearly over WARMUP_E
 
 Config (mdistiller's ``CFG.REVIEWKD``): ``IN_CHANNELS[i]`` / ``OUT_CHANNELS[i]`` are the
 student / teacher widths of stage ``i`` (shallowest first, the pooled feature last);
-``SHAPES`` / ``OUT_SHAPES`` the side of the maps, deepest first. The ABFs' common width is
+``SHAPES`` / ``OUT_SHAPES`` the side of the maps, deepest first. mdistiller's defaults are
+resnet32x4 -> resnet8x4's; ours too, but a list left at its default that does not fit the
+two models is replaced by what the models' features have (one eval-mode forward on zeros at
+the model's input size), and channel lists set to other values that do not fit are refused
+before training, naming the keys and the models' channels. The ABFs' common width is
 ``min(512, IN_CHANNELS[-1])``; ``MAX_MID_CHANNEL`` is read but, as in mdistiller, not
 used, so that mdistiller's checkpoints (e.g. ImageNet ResNet50 -> MobileNetV1, which sets
 it to 256) load. Keys: ``abfs.<i>.conv1``, ``.conv2`` (conv + BN), ``.att_conv.0`` (every
@@ -26,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdharness.config import CFG
 from kdharness.distillers._base import FeatureDistiller
 from kdharness.distillers._numerics import float32_loss
 from kdharness.registry import register_distiller
@@ -51,6 +56,58 @@ def hcl_loss(feats_student: Sequence[torch.Tensor], feats_teacher: Sequence[torc
             weight_sum += weight
         total = total + loss / weight_sum
     return total
+
+
+def probe_review_lists(student: nn.Module, teacher: nn.Module, stu_preact: bool = False) -> dict[str, list[int]]:
+    """The four ``REVIEWKD`` lists that fit the two models, read from one eval-mode forward of
+    each on a zero image at its ``pretrained_cfg`` input size (32x32 without one); the models'
+    modes are restored. Teacher: its stages after the stem and its pooled feature; student: as
+    many of its deepest stages, and its pooled feature."""
+    t_stages, t_pooled = _probe(teacher, "preact_feats")
+    t_stages = t_stages[1:]
+    s_stages, s_pooled = _probe(student, "preact_feats" if stu_preact else "feats")
+    s_stages = s_stages[len(s_stages) - len(t_stages):] if len(s_stages) >= len(t_stages) else s_stages
+    return {
+        "IN_CHANNELS": [f[0] for f in s_stages] + [s_pooled],
+        "OUT_CHANNELS": [f[0] for f in t_stages] + [t_pooled],
+        "SHAPES": [1] + [f[1] for f in reversed(s_stages)],
+        "OUT_SHAPES": [1] + [f[1] for f in reversed(t_stages)],
+    }
+
+
+def _probe(model: nn.Module, key: str) -> tuple[list[tuple[int, int]], int]:
+    """(channels, side) of each ``feats[key]`` entry and the pooled feature's width."""
+    size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 32, 32)))
+    modes = {module: module.training for module in model.modules()}
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            _, feats = model(torch.zeros(1, *size, device=device))
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    return [(f.shape[1], f.shape[-1]) for f in feats[key]], feats["pooled_feat"].reshape(1, -1).shape[1]
+
+
+def review_lists(student: nn.Module, teacher: nn.Module, node: Any) -> dict[str, list[int]]:
+    """``node``'s SHAPES, OUT_SHAPES, IN_CHANNELS and OUT_CHANNELS, each left at mdistiller's
+    default replaced by the models' own when that default does not fit them; ValueError for
+    channel lists set to values that do not fit. Sides set by hand are kept (they follow the
+    training resolution, which the probe cannot know)."""
+    configured = {key: [int(v) for v in node[key]] for key in ("SHAPES", "OUT_SHAPES", "IN_CHANNELS", "OUT_CHANNELS")}
+    models = probe_review_lists(student, teacher, bool(node.STU_PREACT))
+    defaults = CFG.REVIEWKD
+    lists = {key: models[key] if value == [int(v) for v in defaults[key]] else value for key, value in configured.items()}
+    wrong = [key for key in ("IN_CHANNELS", "OUT_CHANNELS") if lists[key] != models[key]]
+    if wrong:
+        raise ValueError(
+            f"{' and '.join(f'REVIEWKD.{key} = {lists[key]}' for key in wrong)} {'does' if len(wrong) == 1 else 'do'} not fit the models: the "
+            f"student's stages and pooled feature have {models['IN_CHANNELS']} channels (REVIEWKD.IN_CHANNELS), "
+            f"the teacher's {models['OUT_CHANNELS']} (REVIEWKD.OUT_CHANNELS); set these, or leave the keys at "
+            "their defaults to take them from the models"
+        )
+    return lists
 
 
 def warmup_scale(epoch: int | None, warmup_epochs: int) -> float:
@@ -99,10 +156,9 @@ class ReviewKD(FeatureDistiller):
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
         super().__init__(student, teacher, cfg, "REVIEWKD", ce_weight="CE_WEIGHT", feat_weight="REVIEWKD_WEIGHT")
         node = cfg.REVIEWKD
-        self.shapes = [int(v) for v in node.SHAPES]
-        self.out_shapes = [int(v) for v in node.OUT_SHAPES]
-        in_channels = [int(v) for v in node.IN_CHANNELS]
-        out_channels = [int(v) for v in node.OUT_CHANNELS]
+        lists = review_lists(student, teacher, node)
+        self.shapes, self.out_shapes = lists["SHAPES"], lists["OUT_SHAPES"]
+        in_channels, out_channels = lists["IN_CHANNELS"], lists["OUT_CHANNELS"]
         lengths = {len(self.shapes), len(self.out_shapes), len(in_channels), len(out_channels)}
         if len(lengths) != 1:
             raise ValueError(

@@ -7,6 +7,8 @@ its end) but not a flipped byte inside a tensor; the digest catches both.
 
 Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the
 target, and the directory is fsync'ed: a crash leaves the old file or the new one, never a mix.
+A write that fails (a full disk, a permission) raises `io_errors.RunWriteError` naming the
+target, and leaves the old file as it was.
 
 Loads are ``weights_only``: a checkpoint is data, and unpickling arbitrary objects could run
 code. Besides tensors and plain Python values, ours hold numpy's RNG state (one uint32 array),
@@ -24,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from kdharness.engine.io_errors import writing
 
 CHECKSUM_KEY = "_sha256"
 
@@ -98,24 +102,46 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     mkstemp's private 0o600, so teammates on a shared machine can read checkpoints and summaries.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with writing(path):  # a full disk or a permission: RunWriteError naming `path`, not the temporary file
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_path, path)
+        except BaseException:
+            try:
+                os.unlink(tmp_path)
+            except OSError:  # already renamed, or the directory is gone
+                pass
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def keep_previous(path: str, previous: str) -> None:
+    """Make ``previous`` a copy of the file at ``path`` that outlives the next write of ``path``.
+
+    A hard link (through a temporary name, renamed over ``previous``): ``path`` stays in place,
+    so if writing its successor fails (a full disk), the run keeps both. Where the file system
+    has no hard links, ``path`` is renamed to ``previous`` instead.
+    """
+    with writing(previous):
+        tmp = f"{previous}.link.tmp"
+        try:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.link(path, tmp)
+        except OSError:
+            os.replace(path, previous)
+            return
+        os.replace(tmp, previous)
 
 
 def save_checkpoint(state: dict[str, Any], path: str) -> None:

@@ -178,6 +178,7 @@ class DOTTrainer(BaseTrainer):
         task.backward()
         if distributed.is_distributed():
             self._check_task_gradients()
+        self._check_gradients(grad for _, grad in self.optimizer.kd_gradients())  # both losses' gradients finite
         self.optimizer.step()
 
     def _check_task_gradients(self) -> None:

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -30,10 +30,12 @@ from tqdm import tqdm
 
 from kdharness.data.loaders import build_train_eval_loader
 from kdharness.engine import distributed, run_dir
-from kdharness.engine.checkpoint import atomic_write_bytes, save_checkpoint
+from kdharness.engine.checkpoint import atomic_write_bytes, keep_previous, save_checkpoint
 from kdharness.engine.step_state import StepStateSnapshot
 from kdharness.engine.diagnostics import DiagnosticsLog
+from kdharness.engine.io_errors import append_text
 from kdharness.engine.run_info import run_metadata
+from kdharness.engine.scalar_log import open_scalar_log
 from kdharness.engine.utils import (
     AverageMeter,
     accuracy,
@@ -59,7 +61,11 @@ EXIT_RUN_DIRECTORY_LOCKED = 75
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite (or too many were skipped); the state before the step was saved."""
+    """A loss term or a gradient became NaN or infinite (or too many were skipped); the state before the step was saved."""
+
+
+class NonFiniteGradient(FloatingPointError):
+    """Raised between backward and the optimizer step; the message names the parameters."""
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -203,9 +209,8 @@ class BaseTrainer:
 
     def _open_event_writer(self) -> None:
         if self.is_main:
-            from tensorboardX import SummaryWriter
-
-            self.tf_writer = SummaryWriter(os.path.join(self.log_path, "train.events"))
+            # tensorboard events, and wandb with LOG.WANDB (kdharness/engine/scalar_log.py, wandb_log.py)
+            self.tf_writer = open_scalar_log(self.log_path, self.cfg, os.path.relpath(self.log_path, self.cfg.LOG.PREFIX))
 
     # -- checkpoints --------------------------------------------------------------------
     def _state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
@@ -235,7 +240,7 @@ class BaseTrainer:
         """Keep the previous `latest` as `latest.prev` so one bad write never loses the run."""
         path = os.path.join(self.log_path, "latest")
         if os.path.exists(path):
-            os.replace(path, path + ".prev")
+            keep_previous(path, path + ".prev")  # `latest` stays too, should its successor fail to write
         save_checkpoint(state, path)
 
     def _prepare_run_directory(self, resume: bool, start_over: bool) -> dict[str, Any] | None:
@@ -251,8 +256,7 @@ class BaseTrainer:
         distributed.barrier()
         if moved is not None:
             print(log_msg(f"--start-over: the earlier run in {self.log_path} was moved to {moved}", "WARN"))
-            self.tf_writer.close()  # its events file moved along; continue in a new one
-            self._open_event_writer()
+            self.tf_writer.reopen()  # its events file moved along; continue in a new one
         if self.is_main:
             print(log_msg(f"run directory {self.log_path} (its config and every epoch go to worklog.txt)", "INFO"))
         return None
@@ -346,8 +350,7 @@ class BaseTrainer:
         summary = self.write_summary(complete=True)
         if self.is_main:
             print(log_msg(f"Best accuracy: {self.best_acc:.2f} (epoch {self.best_epoch}); run directory {self.log_path}", "EVAL"))
-            with open(os.path.join(self.log_path, "worklog.txt"), "a") as writer:
-                writer.write(f"best_acc\t{self.best_acc:.2f}\n")
+            append_text(os.path.join(self.log_path, "worklog.txt"), f"best_acc\t{self.best_acc:.2f}\n")
         return summary
 
     def train_epoch(self, epoch: int) -> None:
@@ -431,7 +434,11 @@ class BaseTrainer:
         if non_finite:
             self._handle_non_finite(epoch, step, terms)
             return None
-        self._backward_and_step(terms, loss)
+        try:
+            self._backward_and_step(terms, loss)
+        except NonFiniteGradient as error:  # a finite loss whose gradient is not (KDSVD's SVD once)
+            self._handle_non_finite(epoch, step, terms, what=f"gradient ({error})")
+            return None
         self.meters["training_time"].update(time.time() - start)
         n = batch["image"].size(0)
         top1, top5 = accuracy(preds.detach(), batch["target"], topk=(1, 5))
@@ -450,8 +457,27 @@ class BaseTrainer:
         """One optimizer update from this batch's loss terms (their sum is ``loss``); a trainer
         with another update rule (``engine.dot``: one backward per loss) overrides only this."""
         self.scaler.scale(loss).backward()
+        self._check_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def _check_gradients(self, extra: Iterable[torch.Tensor] = ()) -> None:
+        """Raise NonFiniteGradient, naming the parameters, if a gradient about to be applied is
+        NaN or infinite (``extra``: gradients held outside ``.grad``, DOT's). Under AMP the
+        GradScaler already skips such steps (and lowers its scale): not checked twice. Under DDP
+        the gradients are averaged already, so every rank takes the same branch."""
+        if self.scaler.is_enabled():
+            return
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads += list(extra)
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        bad = {id(p) for group in self.optimizer.param_groups for p in group["params"]
+               if p.grad is not None and not torch.isfinite(p.grad).all()}
+        names = [name for name, p in unwrap(self.distiller).named_parameters() if id(p) in bad]
+        names = names or ["gradients held by the optimizer"]
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise NonFiniteGradient(f"{len(names)} parameter{'s' if len(names) != 1 else ''}: {shown}")
 
     def _stop_requested(self) -> bool:
         """Stop after this step? Distributed: only what all ranks agreed on in `_run_step`."""
@@ -459,9 +485,10 @@ class BaseTrainer:
             return self._stop_agreed
         return self._stop_signal is not None
 
-    def _handle_non_finite(self, epoch: int, step: int, terms: dict[str, torch.Tensor]) -> None:
+    def _handle_non_finite(self, epoch: int, step: int, terms: dict[str, torch.Tensor], what: str = "loss") -> None:
         """Undo the forward's side effects, then skip the batch (NAN_POLICY skip, within
-        NAN_MAX_SKIPS) or save the state before the step and stop."""
+        NAN_MAX_SKIPS) or save the state before the step and stop. ``what`` went non-finite:
+        the loss, or a gradient (the step was not applied)."""
         values = {name: float(term.detach()) for name, term in terms.items()}
         where = f"epoch {epoch}, step {step} (global step {self.global_step + 1}), loss terms {values}"
         self.optimizer.zero_grad(set_to_none=True)
@@ -472,7 +499,7 @@ class BaseTrainer:
         if self.cfg.SOLVER.NAN_POLICY == "skip" and self.skipped_steps < limit:
             self.skipped_steps += 1
             print(log_msg(
-                f"non-finite loss at {where}: batch skipped (SOLVER.NAN_POLICY skip; "
+                f"non-finite {what} at {where}: batch skipped (SOLVER.NAN_POLICY skip; "
                 f"{self.skipped_steps} of at most SOLVER.NAN_MAX_SKIPS {limit})", "WARN"))
             return None
         path = os.path.join(self.log_path, "nan_state")
@@ -492,7 +519,7 @@ class BaseTrainer:
         else:
             advice = "Lower SOLVER.LR, or set SOLVER.NAN_POLICY skip to drop such batches"
         raise NonFiniteLossError(
-            f"non-finite loss at {where}; the state before this step is saved in {path!r}. {advice}"
+            f"non-finite {what} at {where}; the state before this step is saved in {path!r}. {advice}"
         )
 
     def _progress_message(self, epoch: int) -> str:
@@ -540,6 +567,7 @@ class BaseTrainer:
     def _log_epoch(self, epoch: int, lr: float, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self.tf_writer.add_scalar(name, value, epoch)
+        self.tf_writer.add_scalar("lr", lr, epoch)
         self.tf_writer.flush()
         lines = ["-" * 25, f"epoch: {epoch}", f"lr: {lr:.4f}"]
         lines += [f"{name}: {value:.2f}" for name, value in metrics.items()]
@@ -547,8 +575,7 @@ class BaseTrainer:
         path = os.path.join(self.log_path, "worklog.txt")
         if not os.path.exists(path):  # the run's first record: its whole config first (it is not printed)
             lines.insert(0, f"config:\n{self.cfg.dump()}")
-        with open(path, "a") as writer:
-            writer.write("\n".join(lines) + "\n")
+        append_text(path, "\n".join(lines) + "\n")
         print(log_msg(self._epoch_line(epoch, metrics), "EVAL" if "test_acc" in metrics else "TRAIN"))
 
     def _epoch_line(self, epoch: int, metrics: dict[str, float]) -> str:
