@@ -9,6 +9,7 @@ stale, truncated or corrupt file is reported and rebuilt (or not used), never tr
 """
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
@@ -196,6 +197,20 @@ def _rows_intact(payload: dict[str, Any]) -> bool:
 def save_bank_cache(path: str, key: str, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
     """Write the offline bank's cache file atomically, with a checksum of its tensors."""
     _save_rows(path, {"format": CACHE_FORMAT, "key": key}, features, labels, indices)
+
+
+def save_cache_or_warn(path: str, save: Any, *args: Any) -> bool:
+    """``save(path, *args)`` for a cache file; a failed write (full disk, permissions, a path
+    through a file) is a warning and False, because a cache only saves time: losing it must not
+    lose the run. Checkpoint shard files are not caches and do not come through here."""
+    try:
+        save(path, *args)
+        return True
+    except OSError as error:
+        name = errno.errorcode.get(error.errno or 0, type(error).__name__)
+        warnings.warn(f"ICKD memory-bank cache {path}: could not write it ({error.strerror or error}, {name}); "
+                      "training on without the cache (the next run builds the bank again)", stacklevel=2)
+        return False
 
 
 def load_bank_cache(path: str, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:

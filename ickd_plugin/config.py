@@ -18,6 +18,8 @@ BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": t
 BANK_DEVICES = ("auto", "cpu", "cuda")
 # Where the retrieval query comes from (docs/method.md, "Retrieval"): this step's augmented view, or the bank row.
 QUERIES = ("augmented", "clean")
+# How retrieval compares features (docs/method.md, "Retrieval"): cosine, or cosine after subtracting the bank's mean.
+SIMILARITIES = ("cosine", "centered")
 
 # Smallest ICKD.TAU: cosine similarities lie in [-1, 1], so S / TAU is finite for any normal float32 TAU.
 MIN_TAU = torch.finfo(torch.float32).tiny
@@ -41,6 +43,7 @@ def get_ickd_defaults() -> CN:
     node.NICD_WEIGHT = 0.1  # gamma_nicd
     node.ALL_SAME_CLASS = False  # IC-KD-all: every same-class sample is a positive
     node.QUERY = "augmented"  # retrieval query: "augmented" (this step's view) | "clean" (the sample's own bank row)
+    node.SIMILARITY = "cosine"  # retrieval similarity: "cosine" | "centered" (cosine after subtracting the bank's mean)
     node.WARMUP = 20  # epochs of linear ramp of both terms (0 = none), as DKD
     node.ONLINE = CN()
     node.ONLINE.CE_WEIGHT = 1.0  # teacher's cross-entropy (online paradigm)
@@ -84,6 +87,7 @@ class ICKDOptions:
     use_cache: bool
     bank_sharded: bool = False
     query: str = "augmented"
+    similarity: str = "cosine"
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -141,6 +145,8 @@ def parse_ickd_config(node: CN, registry: Mapping[str, Any] | None = None) -> IC
     if node.QUERY == "clean" and node.BANK.SHARDED:
         _fail("QUERY", node.QUERY, "'clean' reads the sample's own bank row, which a sharded bank holds on one rank "
               "only; set ICKD.QUERY augmented or ICKD.BANK.SHARDED False")
+    if node.SIMILARITY not in SIMILARITIES:
+        _fail("SIMILARITY", node.SIMILARITY, f"allowed: {', '.join(SIMILARITIES)}")
     if node.BANK.CHUNK_SIZE < 0:
         _fail("BANK.CHUNK_SIZE", node.BANK.CHUNK_SIZE, "expected an integer >= 0 (0 = automatic)")
     return ICKDOptions(
@@ -167,4 +173,5 @@ def parse_ickd_config(node: CN, registry: Mapping[str, Any] | None = None) -> IC
         use_cache=bool(node.BANK.USE_CACHE),
         bank_sharded=bool(node.BANK.SHARDED),
         query=str(node.QUERY),
+        similarity=str(node.SIMILARITY),
     )

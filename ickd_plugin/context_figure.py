@@ -52,7 +52,7 @@ def query_contexts(
     rows = rows.to(bank.features.device).long()
     found = retrieve(
         bank.features[rows].float(), bank.labels[rows], rows, bank.features, bank.inv_norms, bank.class_rows,
-        k, n, all_same_class=all_same_class,
+        k, n, all_same_class=all_same_class, center=bank.similarity_center, ties=bank.ties,
     )
     weights = context_weights(found.pos_sim, tau)
     pos_sim, pos_rows = found.pos_sim, found.pos_rows
@@ -92,7 +92,8 @@ def hard_negative_counts(
         chunk = rows[start : start + batch_size]
         labels = bank.labels[chunk]
         found = retrieve(
-            bank.features[chunk].float(), labels, chunk, bank.features, bank.inv_norms, bank.class_rows, 1, n
+            bank.features[chunk].float(), labels, chunk, bank.features, bank.inv_norms, bank.class_rows, 1, n,
+            center=bank.similarity_center, ties=bank.ties,
         )
         pairs = labels[:, None] * num_classes + bank.labels[found.neg_rows]
         counts += torch.bincount(pairs.flatten().cpu(), minlength=num_classes * num_classes).view(num_classes, num_classes)

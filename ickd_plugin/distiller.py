@@ -31,7 +31,7 @@ from ickd_plugin.losses import (
     picd_loss,
     warmup_factor,
 )
-from ickd_plugin.bank_cache import bank_cache_key, cache_path, load_bank_cache, save_bank_cache
+from ickd_plugin.bank_cache import bank_cache_key, cache_path, load_bank_cache, save_bank_cache, save_cache_or_warn
 from ickd_plugin.distributed import all_gather_rows, dist_world
 from ickd_plugin.memory_bank import MemoryBank, describe_bank, report
 from ickd_plugin.retrieval import retrieve
@@ -174,7 +174,7 @@ class ICKD(DistillerBase):
         _share_without_owning(self.base, "student", student)
         _share_without_owning(self.base, "teacher", teacher)
         bank_class = ShardedMemoryBank if opts.bank_sharded else MemoryBank
-        self.bank = bank_class(opts.bank_dtype, persistent=opts.paradigm != "offline")
+        self.bank = bank_class(opts.bank_dtype, persistent=opts.paradigm != "offline", centered=opts.similarity == "centered")
         self._pending_refresh: tuple[torch.Tensor, torch.Tensor] | None = None
         self._context_stats: torch.Tensor | None = None  # set by in_context_losses
         self._last_diagnostics: torch.Tensor | None = None  # ickd_plugin.diagnostics, last step
@@ -322,7 +322,9 @@ class ICKD(DistillerBase):
         self.bank.fill(features, labels, indices, classifier.out_features, device, key=key)
         self.bank.check_capacity(self.opts.k, self.opts.n, self.opts.all_same_class)
         if path and cached is None and dist_world()[0] == 0:
-            save_bank_cache(path, key, self.bank.features, self.bank.labels, indices.sort().values)
+            if not save_cache_or_warn(path, save_bank_cache, key, self.bank.features, self.bank.labels,
+                                      indices.sort().values):
+                path = None  # the report below must not claim a cache
         seconds = time.perf_counter() - started
         if cached is not None:
             how = f"loaded from the cache {path}"
@@ -467,6 +469,8 @@ class ICKD(DistillerBase):
                     opts.n,
                     all_same_class=opts.all_same_class,
                     chunk_size=opts.bank_chunk_size,
+                    center=bank.similarity_center,
+                    ties=bank.ties,
                 )
                 positives, negatives = bank.features[found.pos_rows], bank.features[found.neg_rows]
             weight, bias = classifier.weight.detach(), None if classifier.bias is None else classifier.bias.detach()
@@ -477,7 +481,8 @@ class ICKD(DistillerBase):
             context_logits = aggregate_context_logits(weights, positives, weight, bias)
             negative_logits = F.linear(negatives, weight, bias)
             self._context_stats = context_statistics(
-                found.pos_sim, found.pos_mask, found.neg_sim, logits_student, negative_logits, opts.beta2, opts.temperature
+                found.pos_sim, found.pos_mask, found.neg_sim, logits_student, negative_logits, opts.beta2, opts.temperature,
+                weights=weights,
             )
         loss_picd = picd_loss(logits_student, context_logits, own_logits, opts.beta1, opts.temperature)
         loss_nicd = nicd_loss(logits_student, negative_logits, opts.beta2, opts.temperature)

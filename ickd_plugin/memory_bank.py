@@ -8,7 +8,13 @@ Online and teacher-free, the bank changes every step; it lives in registered buf
 checkpoint carries it and a resumed run continues from exactly the same bank.
 
 Rows are ordered by dataset index, so ties in retrieval ("lower bank row") mean "lower
-dataset index" and the bank is identical on every rank of a distributed run.
+dataset index" and the bank is identical on every rank of a distributed run. Rows that are
+equal bit for bit form tie groups (`ickd_plugin.ties`), found when the bank is filled, so
+they tie exactly whatever the chunking; a refreshed row leaves its group.
+
+With ``ICKD.SIMILARITY centered`` the bank also keeps the sum of its rows (float64) and their
+mean ``c``; ``inv_norms`` are then ``1 / |H_r - c|``, and a refresh, which moves ``c``,
+recomputes them all (one pass over the bank, 1/B of a step's retrieval).
 """
 from __future__ import annotations
 
@@ -19,8 +25,13 @@ import torch.nn as nn
 
 from ickd_plugin.blocks import rows_per_block
 from ickd_plugin.distributed import dist_world
+from ickd_plugin.retrieval import TieGroups
+from ickd_plugin.ties import find_tie_groups
 
-_BUFFERS = ("features", "inv_norms", "labels", "row_of_index", "class_rows")
+_BUFFERS = ("features", "inv_norms", "labels", "row_of_index", "class_rows", "feature_sum", "center",
+            "tie_rows", "tie_groups", "tie_features", "tie_inv_norms")
+# Buffers a checkpoint written before centred retrieval and tie groups lacks: recomputed on load.
+_DERIVED = ("feature_sum", "center", "tie_rows", "tie_groups", "tie_features", "tie_inv_norms")
 
 
 class MemoryBank(nn.Module):
@@ -30,15 +41,34 @@ class MemoryBank(nn.Module):
     `fill` sets them, and loading a state dict resizes them to the checkpoint's shapes.
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float32, persistent: bool = False) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float32, persistent: bool = False, centered: bool = False) -> None:
         super().__init__()
         self.dtype = dtype
+        self.centered = centered
         self.key: str | None = None  # what the bank was built from (offline cache key)
         self.register_buffer("features", torch.empty(0, 0, dtype=dtype), persistent=persistent)
         self.register_buffer("inv_norms", torch.empty(0), persistent=persistent)
         self.register_buffer("labels", torch.empty(0, dtype=torch.long), persistent=persistent)
         self.register_buffer("row_of_index", torch.empty(0, dtype=torch.long), persistent=persistent)
         self.register_buffer("class_rows", torch.empty(0, 0, dtype=torch.long), persistent=persistent)
+        self.register_buffer("feature_sum", torch.empty(0, dtype=torch.float64), persistent=persistent)
+        self.register_buffer("center", torch.empty(0), persistent=persistent)
+        self.register_buffer("tie_rows", torch.empty(0, dtype=torch.long), persistent=persistent)
+        self.register_buffer("tie_groups", torch.empty(0, dtype=torch.long), persistent=persistent)
+        self.register_buffer("tie_features", torch.empty(0, 0, dtype=dtype), persistent=persistent)
+        self.register_buffer("tie_inv_norms", torch.empty(0), persistent=persistent)
+
+    @property
+    def similarity_center(self) -> torch.Tensor | None:
+        """``c`` of the centred cosine (ICKD.SIMILARITY centered), None for the plain cosine."""
+        return self.center if self.centered else None
+
+    @property
+    def ties(self) -> TieGroups | None:
+        """The bank's groups of equal rows, for `retrieve` (None when it has none)."""
+        if self.tie_rows.numel() == 0:
+            return None
+        return TieGroups(self.tie_features, self.tie_inv_norms, self.tie_rows, self.tie_groups)
 
     @property
     def is_built(self) -> bool:
@@ -77,11 +107,23 @@ class MemoryBank(nn.Module):
         row_of_index = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long, device=device)
         row_of_index[indices] = torch.arange(indices.numel(), device=device)
         self.features = features
-        self.inv_norms = inverse_norms(features)
         self.labels = labels
         self.row_of_index = row_of_index
         self.class_rows = class_row_table(labels, num_classes)
         self.key = key
+        self._derive()
+
+    def _derive(self) -> None:
+        """Centre, norms and tie groups from the rows (after a fill or a load)."""
+        features = self.features
+        self.feature_sum = feature_sum(features) if self.centered else features.new_empty(0, dtype=torch.float64)
+        self.center = self._mean() if self.centered else torch.empty(0, device=features.device)
+        self.inv_norms = inverse_norms(features, self.similarity_center)
+        self.tie_rows, self.tie_groups, self.tie_features = find_tie_groups(features)
+        self.tie_inv_norms = inverse_norms(self.tie_features, self.similarity_center)
+
+    def _mean(self) -> torch.Tensor:
+        return (self.feature_sum / max(1, self.features.shape[0])).float()
 
     def rows_for(self, index: torch.Tensor) -> torch.Tensor:
         """Bank row of each dataset index (-1 for an index the bank does not hold, above its largest
@@ -141,17 +183,37 @@ class MemoryBank(nn.Module):
         updated = momentum * self.features[rows].float() + (1.0 - momentum) * new_features[first].float()
         check_representable(updated, self.dtype, "refreshing the bank")
         stored = updated.to(self.dtype)
+        if self.centered:
+            self.feature_sum += stored.double().sum(dim=0) - self.features[rows].double().sum(dim=0)
         self.features[rows] = stored
-        self.inv_norms[rows] = inverse_norms(stored)
+        if self.tie_rows.numel():
+            kept = ~torch.isin(self.tie_rows, rows)
+            self.tie_rows, self.tie_groups = self.tie_rows[kept], self.tie_groups[kept]
+        if self.centered:  # the centre moved: every row's 1/|H_r - c| changes
+            self.center = self._mean()
+            self.inv_norms = inverse_norms(self.features, self.center)
+            self.tie_inv_norms = inverse_norms(self.tie_features, self.center)
+        else:
+            self.inv_norms[rows] = inverse_norms(stored)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
         # The buffers are empty until the bank is filled: take the checkpoint's shapes.
         for name in _BUFFERS:
             incoming = state_dict.get(prefix + name)
             current = self._buffers[name]
             if incoming is not None and name not in self._non_persistent_buffers_set and incoming.shape != current.shape:
                 self._buffers[name] = torch.empty(incoming.shape, dtype=current.dtype, device=current.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        # A checkpoint of a bank with another ICKD.SIMILARITY, or written before the derived
+        # buffers existed: derive them from the loaded rows rather than trust or miss them.
+        lacking = [prefix + name for name in _DERIVED if prefix + name in missing_keys]
+        stored_center = state_dict.get(prefix + "center")
+        other_similarity = stored_center is not None and (stored_center.numel() > 0) != self.centered
+        if (lacking or other_similarity) and prefix + "features" in state_dict and self.is_built:
+            for key in lacking:
+                missing_keys.remove(key)
+            self._derive()
 
 def _first_occurrences(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(distinct rows ascending, position of each one's first occurrence in `rows`)."""
@@ -191,13 +253,25 @@ def report(message: str) -> None:
         print(f"[ICKD] {message}", flush=True)
 
 
-def inverse_norms(features: torch.Tensor) -> torch.Tensor:
-    """``1 / |H_r|`` in float32, computed block by block (a half bank is never upcast whole)."""
+def inverse_norms(features: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 / |H_r - c|`` (``c`` = `center`, or 0) in float32, block by block (a half bank is never upcast whole)."""
     out = torch.empty(features.shape[0], dtype=torch.float32, device=features.device)
-    step = rows_per_block(4 * features.shape[1])  # bytes of one row in float32
+    step = rows_per_block(4 * max(1, features.shape[1]))  # bytes of one row in float32
     for start in range(0, features.shape[0], step):
         block = features[start : start + step].float()
+        if center is not None:
+            block = block - center.to(block.device)
         out[start : start + block.shape[0]] = block.norm(dim=1).clamp_min(1e-12).reciprocal()
+    return out
+
+
+def feature_sum(features: torch.Tensor) -> torch.Tensor:
+    """``sum_r H_r`` in float64 ``[D]``, block by block: the centre's numerator, kept exact
+    enough that refreshing it row by row for a whole run does not drift."""
+    out = torch.zeros(features.shape[1], dtype=torch.float64, device=features.device)
+    step = rows_per_block(8 * max(1, features.shape[1]))
+    for start in range(0, features.shape[0], step):
+        out += features[start : start + step].double().sum(dim=0)
     return out
 
 

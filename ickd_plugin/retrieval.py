@@ -6,14 +6,17 @@ For each query (a batch sample's feature) we need, from the memory bank,
   excluded), or all of them for IC-KD-all;
 * negatives: the Top-N bank rows of any other class most similar to it.
 
-Similarity is cosine, ``S = (q / |q|) @ (H / |H|)^T``, computed as one matmul per chunk of
-bank rows (the bank keeps ``1 / |H|`` per row, so no normalised copy is stored), scaled and
-masked in place so a chunk holds one ``[B, chunk]`` float32 block at a time. Positives
+Similarity is cosine, ``S = (q / |q|) @ (H / |H|)^T``, or with ICKD.SIMILARITY centered the
+cosine after subtracting the bank's mean feature ``c`` from the query and every row,
+computed as one matmul per chunk of bank rows (the bank keeps ``1 / |H - c|`` per row, so
+no normalised or centred copy is stored), shifted, scaled and masked in place so a chunk
+holds one ``[B, chunk]`` float32 block at a time. Positives
 are read by gathering ``S`` at the sample's class rows from a ``[C, max_class_count]`` table,
 so they never look at other classes; negatives are a top-k over ``S`` with the own class
 masked. ``torch.topk`` does not say which of several equal values it returns, so
-`exact_topk` breaks ties explicitly by the lower bank row: the same bank gives the same
-retrieval on every device and run, duplicated images included.
+`exact_topk` breaks ties explicitly by the lower bank row, and rows that are equal bit for
+bit get one similarity (`TieGroups`): equal rows tie whatever the chunking or device, and
+the lower one wins.
 """
 from __future__ import annotations
 
@@ -146,18 +149,67 @@ def similarity_product(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     return native if native is not None else upcast_product(q, bank)
 
 
-def cosine_similarity(
-    queries: torch.Tensor, bank: torch.Tensor, bank_inv_norms: torch.Tensor
-) -> torch.Tensor:
-    """``S[b, r] = cos(q_b, H_r)`` in float32: `similarity_product`, scaled in place by 1/|H_r|.
+@dataclass
+class TieGroups:
+    """Bank rows whose features are equal bit for bit, each group with one representative.
 
-    The query is normalised in float32 and rounded to the bank's dtype before the product,
-    so every device and path sees the same operands.
+    A matmul's summation order depends on the block it computes (chunk size, the row's place
+    in it, the device's kernel), so equal rows in different chunks can get similarities one
+    ulp apart and the later row can win. Retrieval gives every member of a group the
+    similarity computed once from the representative (a ``[B, G]`` product of one shape per
+    step), so equal rows tie exactly and `exact_topk` takes the lower row, whatever the
+    chunking. ``member_rows`` are the bank rows (ascending) of every group with two or more
+    members, ``member_group`` their group; ``features [G, D]`` (the bank's dtype) and
+    ``inv_norms [G]`` are the representatives'.
     """
-    q = F.normalize(queries.float(), dim=1)
-    if bank.dtype != torch.float32:
-        q = q.to(bank.dtype).float()
-    return similarity_product(q, bank).mul_(bank_inv_norms)
+
+    features: torch.Tensor
+    inv_norms: torch.Tensor
+    member_rows: torch.Tensor
+    member_group: torch.Tensor
+
+
+def prepare_queries(
+    queries: torch.Tensor, bank_dtype: torch.dtype, center: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(q, offset)``: the unit query ``(x - c) / |x - c|`` in float32, rounded to the bank's dtype
+    (so every device and path sees the same operands), and ``q . c`` ``[B, 1]`` (None without a centre)."""
+    q = queries.float()
+    if center is not None:
+        q = q - center.float()
+    q = F.normalize(q, dim=1)
+    if bank_dtype != torch.float32:
+        q = q.to(bank_dtype).float()
+    return q, None if center is None else q @ center.float()[:, None]
+
+
+def chunk_similarity(
+    q: torch.Tensor, offset: torch.Tensor | None, bank: torch.Tensor, bank_inv_norms: torch.Tensor
+) -> torch.Tensor:
+    """``S[b, r] = q_b . (H_r - c) / |H_r - c|`` in float32 for prepared queries (`prepare_queries`):
+    `similarity_product`, minus the centre's share, scaled in place by ``1 / |H_r - c|``."""
+    sim = similarity_product(q, bank)
+    if offset is not None:
+        sim.sub_(offset)
+    return sim.mul_(bank_inv_norms)
+
+
+def cosine_similarity(
+    queries: torch.Tensor, bank: torch.Tensor, bank_inv_norms: torch.Tensor, center: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``S[b, r] = cos(q_b - c, H_r - c)`` in float32; ``c`` = `center`, or none (plain cosine).
+
+    `bank_inv_norms` must be ``1 / |H_r - c|`` (the bank keeps them for its own centre). The
+    centred product is computed as ``q . H_r - q . c``, so no centred copy of the bank exists.
+    """
+    q, offset = prepare_queries(queries, bank.dtype, center)
+    return chunk_similarity(q, offset, bank, bank_inv_norms)
+
+
+def _tie_columns(ties: TieGroups, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns of the chunk ``[start, stop)`` that belong to a tie group, their groups)."""
+    lo, hi = torch.searchsorted(ties.member_rows, torch.tensor([start, stop], device=ties.member_rows.device)).tolist()
+    return ties.member_rows[lo:hi] - start, ties.member_group[lo:hi]
 
 
 def retrieve(
@@ -171,24 +223,33 @@ def retrieve(
     n: int,
     all_same_class: bool = False,
     chunk_size: int = 0,
+    center: torch.Tensor | None = None,
+    ties: TieGroups | None = None,
 ) -> Retrieval:
     """Retrieve positives and negatives for a batch of queries.
 
     queries [B, D]; labels [B] (class of each query); self_rows [B] (the query's own bank row,
-    -1 if it has none); bank [R, D]; bank_inv_norms [R] float32; class_rows [C, M]: bank
-    rows of each class in ascending order, padded with -1 (the bank's labels, as a table).
+    -1 if it has none); bank [R, D]; bank_inv_norms [R] float32 (``1 / |H_r - c|``); class_rows
+    [C, M]: bank rows of each class in ascending order, padded with -1 (the bank's labels, as
+    a table); center [D]: ``c`` of the centred cosine (ICKD.SIMILARITY centered), None for the
+    plain one; ties: the bank's groups of equal rows (`TieGroups`), which then tie exactly.
     The caller guarantees K <= (smallest class size - 1) and N <= (smallest other-class
     count), see `MemoryBank.check_capacity`.
     """
     num_rows = bank.shape[0]
     chunk = auto_chunk_size(queries.shape[0], num_rows, chunk_size)
+    q, offset = prepare_queries(queries, bank.dtype, center)
+    tie_sim = None if ties is None or ties.member_rows.numel() == 0 else chunk_similarity(q, offset, ties.features, ties.inv_norms)
     pos_cols = class_rows[labels]  # [B, M]
     pos_valid = (pos_cols >= 0) & (pos_cols != self_rows[:, None])
     pos_sim = torch.full(pos_cols.shape, float("-inf"), device=queries.device)
     neg_values, neg_rows = [], []
     for start in range(0, num_rows, chunk):
         stop = min(start + chunk, num_rows)
-        sim = cosine_similarity(queries, bank[start:stop], bank_inv_norms[start:stop])
+        sim = chunk_similarity(q, offset, bank[start:stop], bank_inv_norms[start:stop])
+        if tie_sim is not None:
+            columns, groups = _tie_columns(ties, start, stop)
+            sim[:, columns] = tie_sim[:, groups]
         # The query's class rows that fall in this chunk, as columns of `sim` (others clamped).
         own_in_chunk = (pos_cols >= start) & (pos_cols < stop)
         own_columns = (pos_cols - start).clamp_(0, stop - start - 1)

@@ -10,7 +10,12 @@ a class table of those rows; the global class sizes (``[C]``) are the only globa
   and keeps them; nothing is broadcast.
 * Retrieval: `ickd_plugin.sharded_retrieval` (per-shard candidates, exact merge).
 * Refresh (online, teacher-free): a rank writes only the rows it owns; the global batch it
-  needs was already gathered for retrieval, so a refresh communicates nothing.
+  needs was already gathered for retrieval, so a refresh communicates nothing (with
+  ``ICKD.SIMILARITY centered``, one all-reduce of the ``[D]`` change of the rows' sum, so
+  every rank keeps the same centre).
+* Centre and ties: the centre is the mean of all ranks' rows (an all-reduce of their sums);
+  tie groups (`ickd_plugin.ties`) are found over the whole bank, so equal rows in different
+  shards also tie exactly, and are recomputed whenever the rows are set (fill or load).
 * Offline cache: one file per shard, ``bank_<key>.shard<r>of<W>.pt`` (`ickd_plugin.bank_cache`
   writes and reads them, with the offline cache's key and checks); a run with the same
   world size reads its own file only, another world size reads the overlapping parts of
@@ -33,9 +38,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ickd_plugin.bank_cache import load_shard_rows, save_shard_rows, shard_path
+from ickd_plugin.bank_cache import load_shard_rows, save_cache_or_warn, save_shard_rows, shard_path
 from ickd_plugin.distributed import all_reduce, communication_device, dist_world, shard_bounds
-from ickd_plugin.memory_bank import MemoryBank, class_row_table, describe_bank, inverse_norms, report
+from ickd_plugin.memory_bank import MemoryBank, class_row_table, describe_bank, feature_sum, inverse_norms, report
+from ickd_plugin.retrieval import TieGroups
+from ickd_plugin.ties import find_tie_groups
 from ickd_plugin.teacher_pass import extract_shard
 
 CHECKPOINT_SUBDIR = "ickd_bank_shards"
@@ -53,9 +60,11 @@ class ShardedMemoryBank(nn.Module):
 
     sharded = True
 
-    def __init__(self, dtype: torch.dtype = torch.float32, persistent: bool = False) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float32, persistent: bool = False, centered: bool = False) -> None:
         super().__init__()
         self.dtype = dtype
+        self.centered = centered
+        self._ties: TieGroups | None = None
         self.key: str | None = None
         self.total_rows = 0
         self.start = self.stop = 0
@@ -65,7 +74,7 @@ class ShardedMemoryBank(nn.Module):
         self.loaded_from = "none"  # "build", "cache" or "checkpoint": how the rows were last set
         self._rows_step = -1  # the checkpoint step whose rows the bank holds (-1: none)
         for name, dtype_ in (("inv_norms", torch.float32), ("labels", torch.long), ("indices", torch.long),
-                             ("class_counts", torch.long)):
+                             ("class_counts", torch.long), ("feature_sum", torch.float64), ("center", torch.float32)):
             self.register_buffer(name, torch.empty(0, dtype=dtype_), persistent=False)
         self.register_buffer("features", torch.empty(0, 0, dtype=dtype), persistent=False)
         self.register_buffer("class_rows", torch.empty(0, 0, dtype=torch.long), persistent=False)
@@ -122,13 +131,35 @@ class ShardedMemoryBank(nn.Module):
         num_classes = int(all_reduce(classes, dist.ReduceOp.MAX).item())
         counts = torch.bincount(labels.cpu(), minlength=num_classes)
         self.features = features.to(device=device, dtype=self.dtype)
-        self.inv_norms = inverse_norms(self.features)
         self.labels = labels
         self.indices = indices
         self.class_rows = class_row_table(labels, num_classes)
         self.class_counts = all_reduce(counts, dist.ReduceOp.SUM).to(device)
         self.total_rows, self.start, self.stop, self.world = int(total_rows), start, stop, world
         self.key = key
+        self._derive()
+
+    @property
+    def similarity_center(self) -> torch.Tensor | None:
+        """``c`` of the centred cosine (the mean of every rank's rows), None for the plain cosine."""
+        return self.center if self.centered else None
+
+    @property
+    def ties(self) -> TieGroups | None:
+        """The groups of equal rows that have members in this shard, in local rows (for `retrieve`)."""
+        return self._ties
+
+    def _derive(self) -> None:
+        """Centre, norms and tie groups from the rows (collective: every rank calls it)."""
+        if self.centered:
+            self.feature_sum = all_reduce(feature_sum(self.features), dist.ReduceOp.SUM)
+            self.center = (self.feature_sum / max(1, self.total_rows)).float()
+        self.inv_norms = inverse_norms(self.features, self.similarity_center)
+        rows, groups, representatives = find_tie_groups(self.features, self.start)
+        mine = (rows >= self.start) & (rows < self.stop)
+        self._ties = None if not bool(mine.any()) else TieGroups(
+            representatives, inverse_norms(representatives, self.similarity_center), rows[mine] - self.start, groups[mine]
+        )
 
     @staticmethod
     def _check_order(indices: torch.Tensor, rank: int, world: int) -> None:
@@ -202,8 +233,8 @@ class ShardedMemoryBank(nn.Module):
             self.loaded_from = "build"
         self.fill_shard(features, labels, indices, classifier.out_features, total, device, key=key)
         if cached is None and cache_dir and key:
-            save_shard_rows(shard_path(cache_dir, key, rank, world), key, total, start, stop,
-                            self.features, self.labels, self.indices)
+            save_cache_or_warn(shard_path(cache_dir, key, rank, world), save_shard_rows, key, total, start, stop,
+                               self.features, self.labels, self.indices)
             if world > 1:
                 dist.barrier()  # the set is complete before any rank looks for it again
         self._report()
@@ -238,12 +269,26 @@ class ShardedMemoryBank(nn.Module):
         rows = self.local_rows_for(index)
         owned = rows >= 0
         rows, new = rows[owned], queries.to(self.features.device)[owned]
-        if rows.numel() == 0:
-            return
-        self._rows_step = -1  # the rows no longer are those of a saved checkpoint
-        updated = (momentum * self.features[rows].float() + (1.0 - momentum) * new.float()).to(self.dtype)
-        self.features[rows] = updated
-        self.inv_norms[rows] = inverse_norms(updated)
+        if self.centered:  # every rank takes part in the centre's update, rows or not
+            change = torch.zeros_like(self.feature_sum)
+        if rows.numel():
+            self._rows_step = -1  # the rows no longer are those of a saved checkpoint
+            updated = (momentum * self.features[rows].float() + (1.0 - momentum) * new.float()).to(self.dtype)
+            if self.centered:
+                change = updated.double().sum(dim=0) - self.features[rows].double().sum(dim=0)
+            self.features[rows] = updated
+            if not self.centered:
+                self.inv_norms[rows] = inverse_norms(updated)
+            if self._ties is not None:
+                kept = ~torch.isin(self._ties.member_rows, rows)
+                self._ties = TieGroups(self._ties.features, self._ties.inv_norms, self._ties.member_rows[kept],
+                                       self._ties.member_group[kept])
+        if self.centered:  # the centre moved: every row's 1/|h - c| changes
+            self.feature_sum += all_reduce(change, dist.ReduceOp.SUM)
+            self.center = (self.feature_sum / max(1, self.total_rows)).float()
+            self.inv_norms = inverse_norms(self.features, self.center)
+            if self._ties is not None:
+                self._ties.inv_norms = inverse_norms(self._ties.features, self.center)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -290,8 +335,8 @@ class ShardedMemoryBank(nn.Module):
             raise RuntimeError(f"ICKD.BANK.SHARDED: the bank rows in {directory!r} belong to another training set")
         device = self.features.device
         self.features = features.to(device=device, dtype=self.dtype)
-        self.inv_norms = inverse_norms(self.features)
         self.labels = labels.to(device)
+        self._derive()
         self.loaded_from, self._rows_step = "checkpoint", step
 
 

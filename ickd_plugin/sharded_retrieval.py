@@ -74,7 +74,7 @@ def local_candidates(
     if class_rows.shape[1] < k:  # retrieve's top-k needs K columns; the padding is -1 (no row)
         class_rows = F.pad(class_rows, (0, k - class_rows.shape[1]), value=-1)
     found = retrieve(queries, labels, bank.local_rows_for(index), bank.features, bank.inv_norms, class_rows,
-                     k, min(n, local), chunk_size=chunk_size)
+                     k, min(n, local), chunk_size=chunk_size, center=bank.similarity_center, ties=bank.ties)
     width = found.neg_rows.shape[1]
     sims[:, :k], sims[:, k : k + width] = found.pos_sim, found.neg_sim
     rows[:, :k], rows[:, k : k + width] = found.pos_rows + bank.start, found.neg_rows + bank.start

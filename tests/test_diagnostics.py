@@ -32,12 +32,14 @@ def test_context_statistics_hand_made():
     student = torch.zeros(2, 2)  # uniform over 2 classes at any temperature
     # negatives: identical to the student (KL 0) or almost one-hot (KL -> log 2 = 0.693)
     negatives = torch.tensor([[[0.0, 0.0], [60.0, -60.0]], [[0.0, 0.0], [-60.0, 60.0]]])
-    stats = context_statistics(pos_sim, None, neg_sim, student, negatives, beta2=0.5, temperature=1.0)
-    assert stats.tolist() == pytest.approx([0.6, 0.0, 0.5], abs=TOL)
+    weights = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
+    stats = context_statistics(pos_sim, None, neg_sim, student, negatives, beta2=0.5, temperature=1.0, weights=weights)
+    # spread: each row's two positives are 0.1 from their mean; largest weights 0.75 and 0.5
+    assert stats.tolist() == pytest.approx([0.6, 0.0, 0.5, 0.1, 0.625], abs=TOL)
     # a margin above log 2 puts every pair inside; margin 0 none
-    wide = context_statistics(pos_sim, None, neg_sim, student, negatives, beta2=0.7, temperature=1.0)
+    wide = context_statistics(pos_sim, None, neg_sim, student, negatives, beta2=0.7, temperature=1.0, weights=weights)
     assert wide[2].item() == 1.0
-    none = context_statistics(pos_sim, None, neg_sim, student, negatives, beta2=0.0, temperature=1.0)
+    none = context_statistics(pos_sim, None, neg_sim, student, negatives, beta2=0.0, temperature=1.0, weights=weights)
     assert none[2].item() == 0.0
 
 
@@ -45,16 +47,22 @@ def test_context_statistics_ickd_all_uses_only_real_positives():
     inf = float("-inf")
     pos_sim = torch.tensor([[0.8, inf, 0.4], [inf, 0.2, inf]])  # padding and self are -inf
     mask = torch.tensor([[True, False, True], [False, True, False]])
-    stats = context_statistics(pos_sim, mask, torch.zeros(2, 1), torch.zeros(2, 3), torch.zeros(2, 1, 3), 1.0, 4.0)
+    weights = torch.tensor([[0.6, 0.0, 0.4], [0.0, 1.0, 0.0]])
+    stats = context_statistics(pos_sim, mask, torch.zeros(2, 1), torch.zeros(2, 3), torch.zeros(2, 1, 3), 1.0, 4.0,
+                               weights=weights)
     assert stats[0].item() == pytest.approx((0.8 + 0.4 + 0.2) / 3, abs=TOL)
+    # spread over the real positives only: 0.2 for (0.8, 0.4), 0 for the single 0.2
+    assert stats[3].item() == pytest.approx(0.1, abs=TOL)
+    assert stats[4].item() == pytest.approx(0.8, abs=TOL)
 
 
 def test_step_diagnostics_ratios_to_the_base_sum():
-    stats = torch.tensor([0.6, 0.1, 0.25])
+    stats = torch.tensor([0.6, 0.1, 0.25, 0.05, 0.5])
     values = step_diagnostics([torch.tensor(1.0), torch.tensor([2.0, 4.0])], torch.tensor(2.0), torch.tensor(0.1), stats)
     # base = 1 + mean(2, 4) = 4
     assert as_floats(values) == pytest.approx(
-        {"picd_to_base": 0.5, "nicd_to_base": 0.025, "pos_sim": 0.6, "neg_sim": 0.1, "nicd_inside_margin": 0.25}, abs=TOL
+        {"picd_to_base": 0.5, "nicd_to_base": 0.025, "pos_sim": 0.6, "neg_sim": 0.1, "nicd_inside_margin": 0.25,
+         "pos_sim_std": 0.05, "picd_max_weight": 0.5}, abs=TOL
     )
     assert as_floats(None) == {}
 
@@ -83,12 +91,15 @@ def test_ickd_step_diagnostics_match_brute_force(all_same_class):
 
     bank, labels = distiller.bank.features, distiller.bank.labels
     row_of = distiller.bank.rows_for(index)
-    pos_sims, neg_sims, inside = [], [], []
+    pos_sims, neg_sims, inside, spreads, largest = [], [], [], [], []
     for i in range(image.shape[0]):
         sims = [F.cosine_similarity(query[i], bank[r], dim=0).item() for r in range(bank.shape[0])]
         same = [s for r, s in enumerate(sims) if labels[r] == target[i] and r != row_of[i]]
         other = sorted(((s, r) for r, s in enumerate(sims) if labels[r] != target[i]), key=lambda x: (-x[0], x[1]))[:3]
-        pos_sims += same if all_same_class else sorted(same, reverse=True)[:2]
+        mine = same if all_same_class else sorted(same, reverse=True)[:2]
+        pos_sims += mine
+        spreads.append(torch.tensor(mine).std(unbiased=False).item())
+        largest.append(torch.softmax(torch.tensor(mine) / distiller.opts.tau, dim=0).max().item())
         neg_sims += [s for s, _ in other]
         for _, r in other:
             negative_logits = teacher.fc(bank[r]).detach()
@@ -100,6 +111,8 @@ def test_ickd_step_diagnostics_match_brute_force(all_same_class):
         "pos_sim": sum(pos_sims) / len(pos_sims),
         "neg_sim": sum(neg_sims) / len(neg_sims),
         "nicd_inside_margin": sum(inside) / len(inside),
+        "pos_sim_std": sum(spreads) / len(spreads),
+        "picd_max_weight": sum(largest) / len(largest),
     }
     assert got == pytest.approx(expected, abs=1e-5)  # cosines of float32 features, summed over <= 36 terms
     assert 0.0 < got["nicd_inside_margin"] < 1.0  # the margin splits this case's pairs: the count is tested

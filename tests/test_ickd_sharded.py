@@ -37,7 +37,10 @@ from ickd_plugin.sharded_retrieval import sharded_retrieve
 
 ROWS, DIM, CLASSES, QUERIES, K, N = 53, 16, 4, 11, 6, 5  # K > a shard's rows of a class: padding is exercised
 N_TRAIN, GLOBAL_BATCH = 49, 12
-CASES = (("exact", torch.float32), ("exact", torch.float16), ("gauss", torch.float32), ("gauss", torch.float16))
+# "gauss_dup": Gaussian rows repeated 40 rows later (in another shard), where only tie groups make the copies tie.
+CASES = (("exact", torch.float32), ("exact", torch.float16), ("gauss", torch.float32), ("gauss", torch.float16),
+         ("gauss_dup", torch.float32), ("gauss_dup", torch.float16))
+SIMILARITIES = pytest.mark.parametrize("centered", [False, True], ids=["cosine", "centered"])
 EPS = torch.finfo(torch.float32).eps
 SIM_ATOL = 4 * DIM * EPS  # |error| of a float32 dot product of unit vectors in DIM terms, with margin
 
@@ -63,6 +66,9 @@ def retrieval_data(kind: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
             bank[own + 40], labels[own + 40] = bank[own], labels[own]
     else:
         bank, queries = torch.randn(ROWS, DIM, generator=g), torch.randn(QUERIES, DIM, generator=g)
+        if kind == "gauss_dup":
+            bank[40:], labels[40:] = bank[: ROWS - 40].clone(), labels[: ROWS - 40].clone()
+            queries[::2] = bank[index[::2].clamp(max=ROWS - 41) + 40] + 0.01 * queries[::2]  # near a copied row
     classifier = torch.randn(CLASSES, DIM, generator=g), torch.randn(CLASSES, generator=g)
     student = torch.randn(QUERIES, CLASSES, generator=g) * 3
     return {"bank": bank.to(dtype), "labels": labels, "queries": queries, "query_labels": query_labels,
@@ -79,14 +85,14 @@ def in_context_losses(pos_sim, pos_feat, neg_feat, data, rows: slice) -> tuple[t
     return picd_loss(student, context, own, 0.5, 4.0), nicd_loss(student, negatives, 1.0, 4.0)
 
 
-def reference_retrieval(kind: str, dtype: torch.dtype):
+def reference_retrieval(kind: str, dtype: torch.dtype, centered: bool = False):
     """The unsharded single-process bank's retrieval of all queries, and its fetched features."""
     data = retrieval_data(kind, dtype)
-    bank = MemoryBank(dtype)
+    bank = MemoryBank(dtype, centered=centered)
     bank.fill(data["bank"], data["labels"], torch.arange(ROWS), CLASSES, "cpu")
     self_rows = torch.where(data["index"] < ROWS, data["index"], torch.full_like(data["index"], -1))
     found = retrieve(data["queries"], data["query_labels"], self_rows, bank.features, bank.inv_norms,
-                     bank.class_rows, K, N)
+                     bank.class_rows, K, N, center=bank.similarity_center, ties=bank.ties)
     return data, found, bank.features[found.pos_rows], bank.features[found.neg_rows]
 
 
@@ -209,14 +215,15 @@ def _plugin_worker(rank: int, world: int, port: int, workdir: str) -> None:
         out: dict[str, Any] = {"retrieval": {}}
         start, stop = shard_bounds(ROWS, rank, world)
         mine = slice(*shard_bounds(QUERIES, rank, world))  # uneven per-rank batches too
-        for kind, dtype in CASES:
+        for (kind, dtype), centered in ((case, centered) for case in CASES for centered in (False, True)):
             data = retrieval_data(kind, dtype)
-            bank = ShardedMemoryBank(dtype)
+            bank = ShardedMemoryBank(dtype, centered=centered)
             bank.fill_shard(data["bank"][start:stop], data["labels"][start:stop], torch.arange(start, stop),
                             CLASSES, ROWS, "cpu")
+            chunk = 5 if kind == "gauss_dup" else 0  # copies at other offsets of other chunks than the reference's
             found, pos, neg = sharded_retrieve(bank, data["queries"][mine], data["query_labels"][mine],
-                                               data["index"][mine], K, N)
-            out["retrieval"][(kind, str(dtype))] = {
+                                               data["index"][mine], K, N, chunk_size=chunk)
+            out["retrieval"][(kind, str(dtype), centered)] = {
                 "found": found, "pos": pos, "neg": neg, "losses": in_context_losses(found.pos_sim, pos, neg, data, mine),
                 "local_rows": bank.features.shape[0], "local_bytes": bank.local_bytes(),
                 "class_counts": bank.class_counts.clone(),
@@ -294,16 +301,17 @@ WORLDS = pytest.mark.parametrize("world", [2, 3])
 
 
 @WORLDS
+@SIMILARITIES
 @pytest.mark.parametrize("kind, dtype", CASES)
-def test_sharded_retrieval_equals_the_whole_bank(runs, world: int, kind: str, dtype: torch.dtype) -> None:
-    data, ref, ref_pos, ref_neg = reference_retrieval(kind, dtype)
-    parts = [r["retrieval"][(kind, str(dtype))] for r in runs[world]]
+def test_sharded_retrieval_equals_the_whole_bank(runs, world: int, kind: str, dtype: torch.dtype, centered: bool) -> None:
+    data, ref, ref_pos, ref_neg = reference_retrieval(kind, dtype, centered)
+    parts = [r["retrieval"][(kind, str(dtype), centered)] for r in runs[world]]
     cat = lambda name: torch.cat([getattr(p["found"], name) for p in parts])  # noqa: E731
     assert torch.equal(cat("pos_rows"), ref.pos_rows) and torch.equal(cat("neg_rows"), ref.neg_rows)
     # the rows' features are copies from their owners, bit for bit
     assert torch.equal(torch.cat([p["pos"] for p in parts]), ref_pos)
     assert torch.equal(torch.cat([p["neg"] for p in parts]), ref_neg)
-    if kind == "exact":  # exact arithmetic: the same similarities bit for bit, whatever the summation order
+    if kind == "exact" and not centered:  # exact arithmetic: the same similarities bit for bit, whatever the order
         assert torch.equal(cat("pos_sim"), ref.pos_sim) and torch.equal(cat("neg_sim"), ref.neg_sim)
         own = int(data["index"][0])
         assert own not in ref.pos_rows[0].tolist() and ref.pos_sim[0, 0] == 1.0, "the own row is excluded, its duplicate kept"
@@ -322,17 +330,19 @@ def test_sharded_retrieval_equals_the_whole_bank(runs, world: int, kind: str, dt
     for rank, part in enumerate(parts):
         rows = part["local_rows"]
         table = CLASSES * (rows + 1) * 8 + 8 * CLASSES + 8  # local class table at most [C, rows], counts, step
+        table += 12 * DIM if centered else 0  # the centre (float32) and the rows' sum (float64)
         assert rows * (row_bytes + 8) <= part["local_bytes"] <= rows * (row_bytes + 8) + table
 
 
 @WORLDS
+@SIMILARITIES
 @pytest.mark.parametrize("kind, dtype", CASES)
-def test_sharded_losses_equal_the_whole_bank(runs, world: int, kind: str, dtype: torch.dtype) -> None:
-    data, ref, ref_pos, ref_neg = reference_retrieval(kind, dtype)
+def test_sharded_losses_equal_the_whole_bank(runs, world: int, kind: str, dtype: torch.dtype, centered: bool) -> None:
+    data, ref, ref_pos, ref_neg = reference_retrieval(kind, dtype, centered)
     for rank, part in enumerate(runs[world]):
         rows = slice(*shard_bounds(QUERIES, rank, world))
         expected = in_context_losses(ref.pos_sim[rows], ref_pos[rows], ref_neg[rows], data, rows)
-        for got, want in zip(part["retrieval"][(kind, str(dtype))]["losses"], expected):
+        for got, want in zip(part["retrieval"][(kind, str(dtype), centered)]["losses"], expected):
             torch.testing.assert_close(got, want, rtol=16 * EPS, atol=16 * EPS)  # float32 order of a few sums
 
 

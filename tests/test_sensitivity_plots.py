@@ -194,3 +194,22 @@ def test_leaderboard_cli_writes_one_png_per_figure(study, tmp_path, capsys):
     empty = tmp_path / "empty"
     write_run(empty, PAIR_A, "KD", 0, 70.0)
     assert leaderboard.main([str(empty), "--sensitivity", str(out)]) == 1
+
+
+def test_curves_figure_from_the_committed_pilot(tmp_path, capsys):
+    """`leaderboard.py --curves`: per-epoch test and training-image accuracy of every run."""
+    import leaderboard
+    from kdharness.results.summaries import load_summaries
+
+    pilot = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs" / "fmnist_converged_pilot"
+    summaries, _ = load_summaries([str(pilot)])
+    assert len(summaries) == 12
+    curve = summaries[0].curves
+    # evaluated every 10th epoch (LOG.EVAL_FREQ 10) and the last, with the training images too
+    assert [point["epoch"] for point in curve] == [float(e) for e in range(10, 151, 10)]
+    assert all(0.0 <= point["train_eval_acc"] <= 100.0 and 0.0 <= point["test_acc"] <= 100.0 for point in curve)
+    out = tmp_path / "curves.png"
+    assert leaderboard.main([str(pilot), "--no-reference", "--curves", str(out)]) == 0
+    width, height = Image.open(out).size
+    assert width > 400 and height > 2 * 300  # one panel per student: resnet8 and wrn_16_1
+    assert leaderboard.main([str(tmp_path), "--curves", str(tmp_path / "none.png")]) == 1  # no runs: the usual error

@@ -83,6 +83,8 @@ DIAGNOSTIC_COLUMNS = {
     "nicd_inside_margin": "NICD pairs in margin",
     "pos_sim": "pos. sim.",
     "neg_sim": "neg. sim.",
+    "pos_sim_std": "pos. sim. spread",
+    "picd_max_weight": "max PICD weight",
 }
 
 _OVERRIDE = re.compile(r"^([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)+):(.*)$")
