@@ -25,6 +25,7 @@ setup(
         "test": ["pytest>=7", "pytest-xdist>=3"],
         "plot": ["matplotlib>=3.6"],
         "wandb": ["wandb>=0.15"],  # LOG.WANDB True: the run's scalars in Weights & Biases too
+        "tensorboard": ["tensorboard>=2.10"],  # the viewer: tensorboard --logdir output/ (tensorboardX only writes)
     },
     entry_points={
         # The host calls every plugin's register(distiller_dict, CFG, trainer_dict) at start-up.

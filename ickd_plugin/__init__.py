@@ -19,11 +19,14 @@ from __future__ import annotations
 from typing import Any, MutableMapping
 
 from ickd_plugin.config import ICKDOptions, get_ickd_defaults, parse_ickd_config
-from ickd_plugin.distiller import ICKD, ICKDHooks, build_base_distiller, ickd_distiller_class
+from ickd_plugin.dense_distiller import DenseICKD
+from ickd_plugin.distiller import ICKD, ICKDHooks, build_base_distiller
+from ickd_plugin.registration import ickd_distiller_class
 from ickd_plugin.memory_bank import MemoryBank
 from ickd_plugin.trainer import make_ickd_trainer
 
 __all__ = [
+    "DenseICKD",
     "ICKD",
     "ICKDHooks",
     "ICKDOptions",

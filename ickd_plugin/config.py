@@ -57,7 +57,42 @@ def get_ickd_defaults() -> CN:
     node.BANK.CACHE_DIR = "./output/ickd_bank_cache"
     node.BANK.USE_CACHE = True  # offline only: reuse a bank built earlier with the same teacher
     node.BANK.SHARDED = False  # under torch.distributed, rank r holds only its 1/world of the rows (docs/method.md)
+    node.DENSE = CN()  # segmentation students (docs/method.md, "Dense ICKD")
+    node.DENSE.BANK_PIXELS_PER_CLASS = 8  # bank pixels drawn per class per training image
+    node.DENSE.QUERY_PIXELS = 32  # query pixels drawn per image per step, spread over its classes
+    node.DENSE.SEED = 0  # seed of the bank's pixel draw (per image, independent of the pass's order)
+    node.DENSE.FEATURE = "decoder"  # the entry of the model's feats holding the features its classifier maps
     return node
+
+
+@dataclass(frozen=True)
+class DenseOptions:
+    """The validated `CFG.ICKD.DENSE` node."""
+
+    bank_pixels_per_class: int
+    query_pixels: int
+    seed: int
+    feature: str
+
+
+def parse_dense_config(node: CN) -> DenseOptions:
+    """Validate `cfg.ICKD` for a segmentation student: the DENSE keys and what dense ICKD supports."""
+    dense = node.DENSE
+    for key in ("BANK_PIXELS_PER_CLASS", "QUERY_PIXELS"):
+        if not isinstance(dense[key], int) or dense[key] < 1:
+            _fail(f"DENSE.{key}", dense[key], "expected an integer >= 1")
+    if not isinstance(dense.SEED, int):
+        _fail("DENSE.SEED", dense.SEED, "expected an integer")
+    if not isinstance(dense.FEATURE, str) or not dense.FEATURE:
+        _fail("DENSE.FEATURE", dense.FEATURE, "expected the name of an entry of the model's feats, e.g. 'decoder'")
+    if node.PARADIGM != "offline":
+        _fail("PARADIGM", node.PARADIGM, "a segmentation student supports 'offline' only (the dense bank is "
+              "sampled once from a frozen teacher)")
+    if node.BANK.SHARDED:
+        _fail("BANK.SHARDED", node.BANK.SHARDED, "not supported for a segmentation student; set it False")
+    if node.QUERY != "augmented":
+        _fail("QUERY", node.QUERY, "a segmentation student's queries are pixels of the augmented view; use 'augmented'")
+    return DenseOptions(int(dense.BANK_PIXELS_PER_CLASS), int(dense.QUERY_PIXELS), int(dense.SEED), str(dense.FEATURE))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ickd_plugin.losses import (
 from ickd_plugin.bank_cache import bank_cache_key, cache_path, load_bank_cache, save_bank_cache, save_cache_or_warn
 from ickd_plugin.distributed import all_gather_rows, dist_world
 from ickd_plugin.memory_bank import MemoryBank, describe_bank, report
-from ickd_plugin.retrieval import retrieve
+from ickd_plugin.retrieval import Retrieval, retrieve
 from ickd_plugin.sharded_bank import ShardedMemoryBank, checkpoint_dir_for
 from ickd_plugin.sharded_retrieval import sharded_retrieve
 from ickd_plugin.teacher_pass import extract_features
@@ -173,12 +173,28 @@ class ICKD(DistillerBase):
         self.base = build_base_distiller(registry[opts.base], student, teacher, cfg, num_data)
         _share_without_owning(self.base, "student", student)
         _share_without_owning(self.base, "teacher", teacher)
-        bank_class = ShardedMemoryBank if opts.bank_sharded else MemoryBank
-        self.bank = bank_class(opts.bank_dtype, persistent=opts.paradigm != "offline", centered=opts.similarity == "centered")
+        self.bank = self._make_bank(opts)
         self._pending_refresh: tuple[torch.Tensor, torch.Tensor] | None = None
         self._context_stats: torch.Tensor | None = None  # set by in_context_losses
         self._last_diagnostics: torch.Tensor | None = None  # ickd_plugin.diagnostics, last step
-        find_classifier(student)
+        self._check_networks()
+
+    def __new__(cls, student: nn.Module, teacher: nn.Module | None, cfg: Any, num_data: int | None = None) -> "ICKD":
+        # A segmentation student (`get_dense_classifier`, docs/architecture.md) gets the dense
+        # ICKD of the same registry: one DISTILLER.TYPE "ICKD" for both tasks. (The signature
+        # repeats __init__'s: hosts read it to learn whether to pass num_data.)
+        dense = getattr(cls, "dense_class", None)
+        if dense is not None and not issubclass(cls, dense) and hasattr(student, "get_dense_classifier"):
+            return dense(student, teacher, cfg, num_data)
+        return super().__new__(cls)
+
+    def _make_bank(self, opts: ICKDOptions) -> nn.Module:
+        bank_class = ShardedMemoryBank if opts.bank_sharded else MemoryBank
+        return bank_class(opts.bank_dtype, persistent=opts.paradigm != "offline", centered=opts.similarity == "centered")
+
+    def _check_networks(self) -> None:
+        """Fail at construction, not at the first step, when a network has no classifier to tap."""
+        find_classifier(self.student)
         find_classifier(self.bank_model)
 
     # ------------------------------------------------------------------ protocol
@@ -435,6 +451,26 @@ class ICKD(DistillerBase):
                              "every training sample (or set ICKD.QUERY augmented)")
         return self.bank.features[rows].float()
 
+    def retrieve_context(
+        self, query: torch.Tensor, target: torch.Tensor, index: torch.Tensor
+    ) -> tuple[Retrieval, torch.Tensor, torch.Tensor]:
+        """(retrieval, positive bank features, negative bank features) for the batch's queries."""
+        opts, bank = self.opts, self.bank
+        device = bank.features.device
+        if isinstance(bank, ShardedMemoryBank):  # candidates per shard, merged; the rows sent by their owners
+            return sharded_retrieve(  # (ICKD.QUERY clean is refused with a sharded bank)
+                bank, query.to(device), target, index, opts.k, opts.n, chunk_size=opts.bank_chunk_size
+            )
+        own_rows = bank.rows_for(index)
+        if opts.query == "clean":
+            query = self._clean_query(index, own_rows)
+        found = retrieve(
+            query.to(device), target.to(device, non_blocking=True).long(), own_rows, bank.features, bank.inv_norms,
+            bank.class_rows, opts.k, opts.n, all_same_class=opts.all_same_class, chunk_size=opts.bank_chunk_size,
+            center=bank.similarity_center, ties=bank.ties,
+        )
+        return found, bank.features[found.pos_rows], bank.features[found.neg_rows]
+
     def in_context_losses(
         self,
         query: torch.Tensor,
@@ -445,34 +481,11 @@ class ICKD(DistillerBase):
         classifier: nn.Linear,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(PICD, NICD) for the batch: retrieve, classify the retrieved bank features, compare."""
-        opts, bank = self.opts, self.bank
-        device = bank.features.device
+        opts = self.opts
         # Retrieval and the in-context logits are constants of the step: no graph, and full
         # precision even under autocast, so that the ranking does not depend on AMP.
         with torch.no_grad(), torch.autocast(device_type=logits_student.device.type, enabled=False):
-            if isinstance(bank, ShardedMemoryBank):  # candidates per shard, merged; the rows sent by their owners
-                found, positives, negatives = sharded_retrieve(  # (ICKD.QUERY clean is refused with a sharded bank)
-                    bank, query.to(device), target, index, opts.k, opts.n, chunk_size=opts.bank_chunk_size
-                )
-            else:
-                own_rows = bank.rows_for(index)
-                if opts.query == "clean":
-                    query = self._clean_query(index, own_rows)
-                found = retrieve(
-                    query.to(device),
-                    target.to(device, non_blocking=True).long(),
-                    own_rows,
-                    bank.features,
-                    bank.inv_norms,
-                    bank.class_rows,
-                    opts.k,
-                    opts.n,
-                    all_same_class=opts.all_same_class,
-                    chunk_size=opts.bank_chunk_size,
-                    center=bank.similarity_center,
-                    ties=bank.ties,
-                )
-                positives, negatives = bank.features[found.pos_rows], bank.features[found.neg_rows]
+            found, positives, negatives = self.retrieve_context(query, target, index)
             weight, bias = classifier.weight.detach(), None if classifier.bias is None else classifier.bias.detach()
             out = logits_student.device
             positives = positives.to(out, weight.dtype)
@@ -506,8 +519,3 @@ class ICKDHooks:
         bank = self.distiller.bank
         if isinstance(bank, ShardedMemoryBank) and self.distiller.opts.paradigm != "offline":
             bank.save_for_checkpoint(step)
-
-
-def ickd_distiller_class(distiller_dict: Mapping[str, Any]) -> type[ICKD]:
-    """An ICKD subclass that looks ICKD.BASE up in `distiller_dict`."""
-    return type("ICKD", (ICKD,), {"registry": distiller_dict, "__module__": __name__, "__qualname__": "ICKD"})

@@ -28,8 +28,6 @@ from ickd_plugin.distributed import dist_world
 from ickd_plugin.retrieval import TieGroups
 from ickd_plugin.ties import find_tie_groups
 
-_BUFFERS = ("features", "inv_norms", "labels", "row_of_index", "class_rows", "feature_sum", "center",
-            "tie_rows", "tie_groups", "tie_features", "tie_inv_norms")
 # Buffers a checkpoint written before centred retrieval and tie groups lacks: recomputed on load.
 _DERIVED = ("feature_sum", "center", "tie_rows", "tie_groups", "tie_features", "tie_inv_norms")
 
@@ -199,7 +197,7 @@ class MemoryBank(nn.Module):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: Any, strict: bool,
                               missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
         # The buffers are empty until the bank is filled: take the checkpoint's shapes.
-        for name in _BUFFERS:
+        for name in list(self._buffers):  # a subclass's buffers too (the dense bank's pixel ids)
             incoming = state_dict.get(prefix + name)
             current = self._buffers[name]
             if incoming is not None and name not in self._non_persistent_buffers_set and incoming.shape != current.shape:

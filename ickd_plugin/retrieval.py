@@ -225,6 +225,7 @@ def retrieve(
     chunk_size: int = 0,
     center: torch.Tensor | None = None,
     ties: TieGroups | None = None,
+    row_groups: torch.Tensor | None = None,
 ) -> Retrieval:
     """Retrieve positives and negatives for a batch of queries.
 
@@ -232,7 +233,10 @@ def retrieve(
     -1 if it has none); bank [R, D]; bank_inv_norms [R] float32 (``1 / |H_r - c|``); class_rows
     [C, M]: bank rows of each class in ascending order, padded with -1 (the bank's labels, as
     a table); center [D]: ``c`` of the centred cosine (ICKD.SIMILARITY centered), None for the
-    plain one; ties: the bank's groups of equal rows (`TieGroups`), which then tie exactly.
+    plain one; ties: the bank's groups of equal rows (`TieGroups`), which then tie exactly;
+    row_groups [R]: when given, `self_rows` holds a group id per query and every bank row of
+    that group is excluded from its positives (a dense bank: every sampled pixel of the
+    query's own image), instead of the one row.
     The caller guarantees K <= (smallest class size - 1) and N <= (smallest other-class
     count), see `MemoryBank.check_capacity`.
     """
@@ -241,7 +245,10 @@ def retrieve(
     q, offset = prepare_queries(queries, bank.dtype, center)
     tie_sim = None if ties is None or ties.member_rows.numel() == 0 else chunk_similarity(q, offset, ties.features, ties.inv_norms)
     pos_cols = class_rows[labels]  # [B, M]
-    pos_valid = (pos_cols >= 0) & (pos_cols != self_rows[:, None])
+    if row_groups is None:
+        pos_valid = (pos_cols >= 0) & (pos_cols != self_rows[:, None])
+    else:
+        pos_valid = (pos_cols >= 0) & (row_groups[pos_cols.clamp(min=0)] != self_rows[:, None])
     pos_sim = torch.full(pos_cols.shape, float("-inf"), device=queries.device)
     neg_values, neg_rows = [], []
     for start in range(0, num_rows, chunk):

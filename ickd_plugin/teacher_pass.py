@@ -9,6 +9,7 @@ broadcasting it; `extract_shard` fills the rows one rank of a sharded bank keeps
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Iterable
 
 import torch
@@ -21,9 +22,12 @@ from ickd_plugin.memory_bank import check_representable
 from ickd_plugin.training_view import IndexedView
 
 
-def _progress(loader: DataLoader, show: bool) -> Iterable:
-    """The loader, wrapped in a tqdm bar when `show` (and tqdm is installed)."""
-    if not show:
+def progress_bar(loader: DataLoader, show: bool) -> Iterable:
+    """The loader, wrapped in a tqdm bar when `show`, stderr is a terminal and tqdm is installed.
+
+    Off a terminal (a sweep's log, CI) a bar's redraws are noise: the bank's one report line
+    after the pass says what was built and how long it took."""
+    if not show or not sys.stderr.isatty():
         return loader
     try:
         from tqdm import tqdm
@@ -73,7 +77,7 @@ def extract_features(
     row = start
     try:
         with ClassifierTap(classifier) as tap:
-            for image, target, index in _progress(loader, progress and rank == 0):
+            for image, target, index in progress_bar(loader, progress and rank == 0):
                 model(image.to(model_device, non_blocking=True))
                 batch = tap.features
                 if batch.shape[1] != features.shape[1]:
