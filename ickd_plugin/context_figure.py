@@ -51,8 +51,9 @@ def query_contexts(
     """
     rows = rows.to(bank.features.device).long()
     found = retrieve(
-        bank.features[rows].float(), bank.labels[rows], rows, bank.features, bank.inv_norms, bank.class_rows,
-        k, n, all_same_class=all_same_class, center=bank.similarity_center, ties=bank.ties,
+        bank.features[rows].float(), bank.labels[rows], *_exclusion(bank, rows), bank.features, bank.inv_norms,
+        bank.class_rows, k, n, all_same_class=all_same_class, center=bank.similarity_center, ties=bank.ties,
+        row_groups=_row_groups(bank),
     )
     weights = context_weights(found.pos_sim, tau)
     pos_sim, pos_rows = found.pos_sim, found.pos_rows
@@ -92,12 +93,41 @@ def hard_negative_counts(
         chunk = rows[start : start + batch_size]
         labels = bank.labels[chunk]
         found = retrieve(
-            bank.features[chunk].float(), labels, chunk, bank.features, bank.inv_norms, bank.class_rows, 1, n,
-            center=bank.similarity_center, ties=bank.ties,
+            bank.features[chunk].float(), labels, *_exclusion(bank, chunk), bank.features, bank.inv_norms,
+            bank.class_rows, 1, n, center=bank.similarity_center, ties=bank.ties, row_groups=_row_groups(bank),
         )
         pairs = labels[:, None] * num_classes + bank.labels[found.neg_rows]
         counts += torch.bincount(pairs.flatten().cpu(), minlength=num_classes * num_classes).view(num_classes, num_classes)
     return counts
+
+
+def _row_groups(bank: MemoryBank) -> torch.Tensor | None:
+    """A dense bank's rows are excluded by image (`ickd_plugin.dense_bank`), a sample bank's by row."""
+    image_ids = getattr(bank, "image_ids", None)
+    return image_ids if image_ids is not None and image_ids.numel() else None
+
+
+def _exclusion(bank: MemoryBank, rows: torch.Tensor) -> tuple[torch.Tensor]:
+    """What a bank row used as a query excludes from its positives: itself, or its image's pixels."""
+    groups = _row_groups(bank)
+    return (rows if groups is None else groups[rows],)
+
+
+def mark_pixel(image: Any, pixel: int, grid: tuple[int, int], colour: tuple[int, int, int] = (255, 0, 0)) -> Any:
+    """``image [H, W, 3]`` (uint8) with a square outline around the cell ``pixel`` of a ``grid``
+    (h, w) laid over it: where a dense bank's pixel (decoder resolution) lies in its image."""
+    import numpy as np
+
+    out = np.array(image, copy=True)
+    height, width = out.shape[:2]
+    y, x = divmod(int(pixel), grid[1])
+    top, left = y * height // grid[0], x * width // grid[1]
+    bottom, right = max(top + 1, (y + 1) * height // grid[0]) - 1, max(left + 1, (x + 1) * width // grid[1]) - 1
+    pad = max(1, (bottom - top) // 2)
+    top, left, bottom, right = max(0, top - pad), max(0, left - pad), min(height - 1, bottom + pad), min(width - 1, right + pad)
+    out[top, left : right + 1] = out[bottom, left : right + 1] = colour
+    out[top : bottom + 1, left] = out[top : bottom + 1, right] = colour
+    return out
 
 
 def _imports() -> tuple[Any, Any]:

@@ -5,7 +5,9 @@ from the config, or `--ckpt`; the on-disk bank cache is reused), picks a few tra
 images with a fixed seed and writes two PNGs:
 
 * OUT (default ickd_context.png): per query, its Top-K same-class bank samples with their
-  cosine similarity s and PICD weight w, and its Top-N different-class samples with s;
+  cosine similarity s and PICD weight w, and its Top-N different-class samples with s; for a
+  segmentation config (dense ICKD) the queries and samples are bank pixels, each shown
+  outlined in its own training image;
 * OUT's stem + "_heatmap.png": query class x negative class counts over a sample of queries.
 
 `--ckpt` takes a teacher checkpoint (the network whose features fill the bank: the teacher,
@@ -83,6 +85,32 @@ def build_ickd(cfg, ckpt: str | None, num_classes: int, num_data: int, device):
     return distiller.to(torch.device(device))
 
 
+def dense_images(distiller, train_loader, val_loader, device):
+    """``image_of(row)`` for a dense bank: the row's training image, seen without augmentation and
+    stretched to 0-255 for display, with the row's pixel outlined (each retrieved pixel in its own image)."""
+    import numpy as np
+    import torch
+
+    from ickd_plugin.context_figure import mark_pixel
+    from ickd_plugin.training_view import no_augmentation_view
+
+    bank = distiller.bank
+    view = no_augmentation_view(train_loader.dataset, val_loader.dataset)
+    position_of = {int(view[i][2]): i for i in range(len(view))} if len(view) <= 100_000 else None
+
+    def image_of(row: int) -> np.ndarray:
+        image_id = int(bank.image_ids[row])
+        image = view[position_of[image_id] if position_of is not None else image_id][0]
+        with torch.no_grad():
+            grid = tuple(distiller.teacher(image[None].to(device))[1][distiller.dense_opts.feature].shape[-2:])
+        pixels = image.float()
+        pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min()).clamp_min(1e-12) * 255
+        array = pixels.permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+        return mark_pixel(array if array.shape[2] == 3 else np.repeat(array, 3, axis=2), int(bank.pixel_ids[row]), grid)
+
+    return image_of
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -112,20 +140,24 @@ def main(argv: list[str] | None = None) -> int:
         distiller.eval()
         distiller.build_bank(SimpleNamespace(train_loader=train_loader, val_loader=val_loader, distiller=distiller, cfg=cfg))
         bank, opts = distiller.bank, distiller.opts
-        # bank rows are in dataset-index order: row r holds the sample whose index is the r-th held one
-        index_of_row = (bank.row_of_index >= 0).nonzero().squeeze(1).cpu()
         generator = torch.Generator().manual_seed(args.seed)
         order = torch.randperm(bank.num_rows, generator=generator)
         rows = order[: min(args.queries, bank.num_rows)]
         contexts = query_contexts(bank, rows, opts.k, opts.n, opts.tau, opts.all_same_class, show=args.show)
         raw = getattr(train_set, "raw", train_set)
         names = list(getattr(raw, "classes", None) or [str(c) for c in range(num_classes)])
+        if getattr(bank, "image_ids", None) is not None and bank.image_ids.numel():
+            image_of, what = dense_images(distiller, train_loader, val_loader, device), "pixels"
+        else:
+            # bank rows are in dataset-index order: row r holds the sample whose index is the r-th held one
+            index_of_row = (bank.row_of_index >= 0).nonzero().squeeze(1).cpu()
 
-        def image_of(row: int) -> np.ndarray:
-            return np.asarray(raw[int(index_of_row[row])][0].convert("RGB"))
+            def image_of(row: int) -> np.ndarray:
+                return np.asarray(raw[int(index_of_row[row])][0].convert("RGB"))
 
+            what = "samples"
         title = (f"{cfg.DISTILLER.TEACHER if distiller.teacher is not None else cfg.DISTILLER.STUDENT} bank "
-                 f"({bank.num_rows} samples), K={opts.k}, N={opts.n}, tau1={opts.tau:g}"
+                 f"({bank.num_rows} {what}), K={opts.k}, N={opts.n}, tau1={opts.tau:g}"
                  + (", IC-KD-all" if opts.all_same_class else ""))
         render_context_grid(contexts, image_of, names, args.out, title=title)
         sample = order if args.heatmap_queries == 0 else order[: args.heatmap_queries]
