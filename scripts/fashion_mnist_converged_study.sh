@@ -57,5 +57,16 @@ case "$phase" in
     # Only if comparison 5 (resnet8) favoured centred retrieval: the design's rule (a).
     by_seed "$CONFIRM_SEEDS" $C/ickd_kd/res14_wrn16_1.yaml
     by_seed "$CONFIRM_SEEDS" $C/ickd_kd/res14_wrn16_1.yaml -- ICKD.SIMILARITY centered ;;
+  report)
+    L="python3 tools/leaderboard.py"
+    D=docs/results
+    $L ./output/fmnist_converged_pilot --no-reference --compare KD vanilla --curves $D/fashion_mnist_converged_pilot.png
+    $L $OUT --no-reference --plot $D/fashion_mnist_converged.png --curves $D/fashion_mnist_converged_curves.png
+    for metric in best last; do
+      $L $OUT --metric $metric --compare ICKD+KD KD --compare ICKD+DKD DKD --compare KD LS --compare ICKD+KD LS \
+        --compare "ICKD+KD (ICKD.SIMILARITY centered)" ICKD+KD
+    done
+    $L $OUT --diagnostics
+    $L $OUT --cost ;;
   *) echo "error: unknown phase '$phase'; expected teacher|pilot|main|confirm|report" >&2; exit 2 ;;
 esac
