@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdharness.config import IGNORE_INDEX, is_segmentation
+
 # What a distiller needs from the harness before it is built. `tools/train.py` reads this
 # class attribute (or the classmethod of the same name) to decide whether to load teacher
 # weights, build an untrained teacher, or build none at all.
@@ -43,8 +45,9 @@ class Distiller(nn.Module):
     """Base class: student + frozen teacher; subclasses implement `forward_train`.
 
     `cfg` (optional, so mdistiller's two-argument form still works) gives every method's
-    cross-entropy on the labels its ``SOLVER.LABEL_SMOOTHING``: `ce_loss` is the one place
-    where a distiller's CE term is computed.
+    cross-entropy on the labels its ``SOLVER.LABEL_SMOOTHING``, and, for a segmentation
+    config (``DATASET.TASK``), its per-pixel form without the pixels labelled
+    ``IGNORE_INDEX``: `ce_loss` is the one place where a distiller's CE term is computed.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any = None) -> None:
@@ -52,10 +55,20 @@ class Distiller(nn.Module):
         self.student = student
         self.teacher = teacher
         self.label_smoothing = label_smoothing(cfg)
+        self.segmentation = cfg is not None and is_segmentation(cfg)
 
     def ce_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on the labels, smoothed by ``SOLVER.LABEL_SMOOTHING`` (0: the plain one)."""
-        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        """Cross-entropy on the labels, smoothed by ``SOLVER.LABEL_SMOOTHING`` (0: the plain one).
+
+        Segmentation: logits ``[B, C, H, W]``, masks ``[B, H, W]``; the mean over the labelled
+        pixels (0, not NaN, for a batch without any: a crop that fell on ignored pixels only).
+        """
+        if not self.segmentation:
+            return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        total = F.cross_entropy(
+            logits, target, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing, reduction="sum"
+        )
+        return total / (target != IGNORE_INDEX).sum().clamp(min=1)
 
     @classmethod
     def teacher_requirement(cls, cfg: Any) -> str:
