@@ -113,8 +113,19 @@ def test_distillers_train_and_refuse_classification(cls, method):
 
     classification = get_cfg_defaults()
     classification.DISTILLER.TYPE = method
-    with pytest.raises(ConfigError, match="DATASET.TASK"):
+    with pytest.raises(ConfigError, match=f"{method} is for segmentation; DATASET.TASK = 'classification'"):
         check_distiller_config(classification)
+    with pytest.raises(ValueError, match="DATASET.TASK"):
+        cls(student, teacher, classification)
+
+
+def test_classification_methods_refuse_segmentation_but_kd_and_vanilla_train_both():
+    cfg = _seg_cfg("DKD")
+    with pytest.raises(ConfigError, match="DKD is for classification.*NONE, KD, PIXEL_KD, CWD"):
+        check_distiller_config(cfg)
+    for method in ("NONE", "KD"):
+        cfg.DISTILLER.TYPE = method
+        check_distiller_config(cfg)
 
 
 def test_teacher_map_of_another_size_is_resized_to_the_students():

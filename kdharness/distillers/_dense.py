@@ -1,4 +1,4 @@
-"""What the segmentation distillers share: the dense logits they distil and the task check.
+"""What the segmentation distillers share: the dense logits they distil.
 
 CIRKD computes its logit distillation (pixel-wise KD, CWD) on the classifier's output at
 the decoder's resolution (output stride 8), before upsampling; every segmentation model
@@ -13,7 +13,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdharness.config import is_segmentation
 
 
 def dense_logits(feats_student: dict[str, Any], feats_teacher: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,12 +28,3 @@ def dense_logits(feats_student: dict[str, Any], feats_teacher: dict[str, Any]) -
         teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
     return student, teacher
 
-
-def require_segmentation(cfg: Any, method: str) -> None:
-    """ValueError (naming DATASET.TASK) unless ``cfg`` trains segmentation."""
-    if not is_segmentation(cfg):
-        task = cfg.DATASET.get("TASK", "classification")
-        raise ValueError(
-            f"DISTILLER.TYPE {method} distils per-pixel logits; DATASET.TASK = {task!r}: use it with DATASET.TASK "
-            "segmentation (and KD for classification)"
-        )

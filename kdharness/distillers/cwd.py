@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdharness.config import SEGMENTATION
 from kdharness.distillers._base import FeatureDistiller
-from kdharness.distillers._dense import dense_logits, require_segmentation
+from kdharness.distillers._dense import dense_logits
 from kdharness.distillers._numerics import float32_loss
 from kdharness.registry import register_distiller
 
@@ -35,14 +36,11 @@ def cwd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, tempera
 class CWD(FeatureDistiller):
     """Per-pixel cross-entropy plus ``CWD.LOSS.FEAT_WEIGHT * cwd_loss`` on the dense logits."""
 
+    tasks = (SEGMENTATION,)
+
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        self.check_config(cfg)
         super().__init__(student, teacher, cfg, "CWD")
         self.temperature = float(cfg.CWD.TEMPERATURE)
-
-    @classmethod
-    def check_config(cls, cfg: Any) -> None:
-        require_segmentation(cfg, "CWD")
 
     def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
         return cwd_loss(*dense_logits(feats_student, feats_teacher), self.temperature)

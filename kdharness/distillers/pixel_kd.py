@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdharness.config import SEGMENTATION
 from kdharness.distillers._base import FeatureDistiller
-from kdharness.distillers._dense import dense_logits, require_segmentation
+from kdharness.distillers._dense import dense_logits
 from kdharness.distillers._numerics import float32_loss
 from kdharness.registry import register_distiller
 
@@ -35,14 +36,11 @@ def pixel_kd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, te
 class PixelKD(FeatureDistiller):
     """Per-pixel cross-entropy plus ``PIXEL_KD.LOSS.KD_WEIGHT * pixel_kd_loss`` on the dense logits."""
 
+    tasks = (SEGMENTATION,)
+
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
-        self.check_config(cfg)
         super().__init__(student, teacher, cfg, "PIXEL_KD", feat_weight="LOSS.KD_WEIGHT")
         self.temperature = float(cfg.PIXEL_KD.TEMPERATURE)
-
-    @classmethod
-    def check_config(cls, cfg: Any) -> None:
-        require_segmentation(cfg, "PIXEL_KD")
 
     def feature_loss(self, feats_student: dict[str, Any], feats_teacher: dict[str, Any], **kwargs: Any) -> torch.Tensor:
         return pixel_kd_loss(*dense_logits(feats_student, feats_teacher), self.temperature)
