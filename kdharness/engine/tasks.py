@@ -28,7 +28,6 @@ from kdharness.config import IGNORE_INDEX, SEGMENTATION, is_segmentation
 from kdharness.engine.seg_metrics import confusion_matrix, segmentation_scores
 from kdharness.engine.utils import AverageMeter, accuracy, shows_progress
 
-Scores = "OrderedDict[str, float]"
 
 
 def _is_main_process() -> bool:
@@ -103,7 +102,7 @@ class ClassificationTask:
     def progress(self, meters: dict[str, AverageMeter]) -> str:
         return f"Top-1:{meters['top1'].avg:.3f}| Top-5:{meters['top5'].avg:.3f}"
 
-    def evaluate(self, loader, distiller: nn.Module, device: torch.device, prefix: str) -> tuple[Scores, dict[str, Any]]:
+    def evaluate(self, loader, distiller: nn.Module, device: torch.device, prefix: str) -> tuple[OrderedDict[str, float], dict[str, Any]]:
         """Scalars for the epoch's metrics (``test_acc``, ``test_acc_top5``, ``test_loss``; the
         training-set view has no top-5) and nothing beyond them."""
         top1, top5, loss = validate(loader, distiller, device)
@@ -146,7 +145,7 @@ class SegmentationTask:
     def progress(self, meters: dict[str, AverageMeter]) -> str:
         return f"PixelAcc:{meters['top1'].avg:.3f}"
 
-    def evaluate(self, loader, distiller: nn.Module, device: torch.device, prefix: str) -> tuple[Scores, dict[str, Any]]:
+    def evaluate(self, loader, distiller: nn.Module, device: torch.device, prefix: str) -> tuple[OrderedDict[str, float], dict[str, Any]]:
         """Scalars ``<prefix>_miou``, ``<prefix>_pixel_acc``, ``<prefix>_loss`` and, beside them
         (history only: not a scalar for tensorboard), ``<prefix>_per_class_iou``."""
         scores = validate_segmentation(loader, distiller, device)
