@@ -92,14 +92,19 @@ def check_distiller_config(cfg: CfgNode) -> None:
     """The distiller's own node (``ICKD.K``, ...), checked before any data or model is built.
 
     A distiller class may define the classmethod ``check_config(cfg)``, raising ValueError
-    that names the key; without it, its values are checked when it is constructed.
+    that names the key; without it, its values are checked when it is constructed. Its
+    ``tasks`` (the host's distillers declare them) must hold ``DATASET.TASK``.
     """
-    check = getattr(distiller_dict[cfg.DISTILLER.TYPE], "check_config", None)
-    if check is not None:
-        try:
+    from kdharness.distillers._base import check_task
+
+    cls = distiller_dict[cfg.DISTILLER.TYPE]
+    try:
+        check_task(cls, cfg, cfg.DISTILLER.TYPE)
+        check = getattr(cls, "check_config", None)
+        if check is not None:
             check(cfg)
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def check_model_names(cfg: CfgNode) -> None:

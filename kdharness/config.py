@@ -48,6 +48,30 @@ CFG.DATASET.TRAIN_SUBSET = 0  # ours: >0 trains on the first N samples (CPU expe
 CFG.DATASET.TRAIN_SUBSET_BALANCED = False  # ours: with TRAIN_SUBSET N, the first N / C samples of each class
 CFG.DATASET.TEST = CN()
 CFG.DATASET.TEST.BATCH_SIZE = 64
+# ours: "classification" (image -> class) or "segmentation" (image -> per-pixel classes). It
+# picks the loss's ignore index, the metric (top-1 or mIoU), the transforms and the model
+# zoo; it must match the dataset's own task (kdharness/data: each dataset registers with it).
+CFG.DATASET.TASK = "classification"
+# Segmentation only (ours; the field's training transforms): a random scale of the whole
+# image in SCALE_RANGE, then a CROP_SIZE (height, width) crop, padded with the ignore index
+# where the scaled image is smaller, then a horizontal flip with probability 0.5.
+CFG.DATASET.CROP_SIZE = [512, 1024]
+CFG.DATASET.SCALE_RANGE = [0.5, 2.0]
+# Fashion-MNIST scenes (DATASET.TYPE fashion_mnist_scenes, ours; kdharness/data/fashion_mnist_scenes.py):
+# SIZE x SIZE canvases holding MIN_ITEMS..MAX_ITEMS Fashion-MNIST items, each resized to
+# 28 * U(MIN_SCALE, MAX_SCALE) pixels and pasted at a random position; a pixel is an item's
+# where the resized item's intensity is above THRESHOLD (0..1). Train scenes come from the
+# train split, test scenes from the test split; scene i is a pure function of (SEED, split, i).
+CFG.DATASET.SCENES = CN()
+CFG.DATASET.SCENES.SIZE = 64
+CFG.DATASET.SCENES.NUM_TRAIN = 2000
+CFG.DATASET.SCENES.NUM_TEST = 500
+CFG.DATASET.SCENES.MIN_ITEMS = 2
+CFG.DATASET.SCENES.MAX_ITEMS = 4
+CFG.DATASET.SCENES.MIN_SCALE = 0.75
+CFG.DATASET.SCENES.MAX_SCALE = 1.5
+CFG.DATASET.SCENES.THRESHOLD = 0.1
+CFG.DATASET.SCENES.SEED = 0
 
 # Distiller
 CFG.DISTILLER = CN()
@@ -57,6 +81,10 @@ CFG.DISTILLER.STUDENT = "resnet32"
 # ours: a checkpoint path; "" means mdistiller's layout
 # download_ckpts/cifar_teachers/<teacher>_vanilla/ckpt_epoch_240.pth
 CFG.DISTILLER.TEACHER_WEIGHTS = ""
+# ours, segmentation models: an ImageNet state_dict in torchvision's layout (resnet18-*.pth,
+# mobilenet_v2-*.pth, ...) loaded into the student's backbone before training; "" trains from
+# scratch. Never downloaded.
+CFG.DISTILLER.STUDENT_BACKBONE_WEIGHTS = ""
 
 # Solver
 CFG.SOLVER = CN()
@@ -69,7 +97,8 @@ CFG.SOLVER.LR_DECAY_RATE = 0.1
 CFG.SOLVER.WEIGHT_DECAY = 0.0001
 CFG.SOLVER.MOMENTUM = 0.9
 CFG.SOLVER.TYPE = "SGD"
-CFG.SOLVER.SCHEDULER = "step"  # ours: "step" (published) or "cosine"
+CFG.SOLVER.SCHEDULER = "step"  # ours: "step" (published), "cosine" or "poly" (segmentation's)
+CFG.SOLVER.POLY_POWER = 0.9  # ours: with SCHEDULER poly, LR * (1 - progress) ** POLY_POWER, set every step
 CFG.SOLVER.LABEL_SMOOTHING = 0.0  # ours: epsilon of every distiller's cross-entropy on the labels (0: plain CE)
 CFG.SOLVER.AMP = False  # ours: autocast + grad scaling on CUDA
 CFG.SOLVER.CHANNELS_LAST = False
@@ -198,26 +227,55 @@ CFG.REVIEWKD.OUT_CHANNELS = [64, 128, 256, 256]
 CFG.REVIEWKD.MAX_MID_CHANNEL = 512  # kept for mdistiller's YAMLs; as in mdistiller, unused (see reviewkd.py)
 CFG.REVIEWKD.STU_PREACT = False
 
+# PIXEL_KD: pixel-wise KD for segmentation (Hinton et al.'s KD per pixel, as CIRKD's baseline):
+# KL at TEMPERATURE of the logit maps, averaged over every pixel, T^2 scaled (CIRKD's defaults).
+CFG.PIXEL_KD = CN()
+CFG.PIXEL_KD.TEMPERATURE = 1.0
+CFG.PIXEL_KD.LOSS = CN()
+CFG.PIXEL_KD.LOSS.CE_WEIGHT = 1.0
+CFG.PIXEL_KD.LOSS.KD_WEIGHT = 1.0
+
+# CWD: channel-wise distillation (Shu et al., ICCV 2021) of the logit maps: each channel's
+# spatial softmax at TEMPERATURE, KL, T^2 scaled, over batch x channels (CIRKD's settings: T 4, weight 3).
+CFG.CWD = CN()
+CFG.CWD.TEMPERATURE = 4.0
+CFG.CWD.LOSS = CN()
+CFG.CWD.LOSS.CE_WEIGHT = 1.0
+CFG.CWD.LOSS.FEAT_WEIGHT = 3.0
+
 # DOT (Zhao et al., "DOT: A Distillation-Oriented Trainer"): SOLVER.TRAINER "dot" / "crd_dot"
 CFG.SOLVER.DOT = CN()
 CFG.SOLVER.DOT.DELTA = 0.075
 
+# The tasks a run can train (DATASET.TASK); a dataset registers with one of them.
+CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
+TASKS = (CLASSIFICATION, SEGMENTATION)
+# The label of pixels that count nowhere (no loss, no metric): Cityscapes' and VOC's
+# convention, also the padding of crops; classification keeps cross-entropy's default.
+IGNORE_INDEX = 255
+
 # Choices that are not free-form strings: checked before training.
 CHOICES = {
     "SOLVER.TYPE": ("SGD",),
-    "SOLVER.SCHEDULER": ("step", "cosine"),
+    "SOLVER.SCHEDULER": ("step", "cosine", "poly"),
+    "DATASET.TASK": TASKS,
     "SOLVER.NAN_POLICY": ("stop", "skip"),
     "CRD.MODE": ("exact", "relax"),
 }
 POSITIVE = (
     "SOLVER.BATCH_SIZE", "SOLVER.EPOCHS", "SOLVER.LR", "DATASET.TEST.BATCH_SIZE", "LOG.EVAL_FREQ",
     "KD.TEMPERATURE", "DKD.T", "CRD.NCE.K", "CRD.NCE.TEMPERATURE", "CRD.FEAT.DIM",
+    "SOLVER.POLY_POWER", "PIXEL_KD.TEMPERATURE", "CWD.TEMPERATURE",
+    "DATASET.SCENES.SIZE", "DATASET.SCENES.NUM_TRAIN", "DATASET.SCENES.NUM_TEST", "DATASET.SCENES.MIN_ITEMS",
+    "DATASET.SCENES.MIN_SCALE",
 )
 NON_NEGATIVE = (
     "EXPERIMENT.SEED", "DATASET.NUM_WORKERS", "DATASET.TRAIN_SUBSET", "SOLVER.WEIGHT_DECAY",
     "SOLVER.MOMENTUM", "SOLVER.LR_DECAY_RATE", "KD.LOSS.CE_WEIGHT", "KD.LOSS.KD_WEIGHT",
     "DKD.CE_WEIGHT", "DKD.ALPHA", "DKD.BETA", "DKD.WARMUP", "CRD.LOSS.CE_WEIGHT",
     "CRD.LOSS.FEAT_WEIGHT", "LOG.SAVE_CHECKPOINT_FREQ", "LOG.SAVE_STEP_FREQ", "SOLVER.NAN_MAX_SKIPS",
+    "PIXEL_KD.LOSS.CE_WEIGHT", "PIXEL_KD.LOSS.KD_WEIGHT", "CWD.LOSS.CE_WEIGHT", "CWD.LOSS.FEAT_WEIGHT",
+    "DATASET.SCENES.SEED", "DATASET.SCENES.THRESHOLD",
 )
 
 # The feature-distillation nodes (FITNET, AT, NST, PKT, SP, RKD, KDSVD).
@@ -401,6 +459,24 @@ def validate_config(cfg: CN) -> None:
         if value not in registry:
             raise ConfigError(f"{key} = {value!r} is not registered; allowed: {', '.join(sorted(registry))}")
     validate_values(cfg)
+    dataset_task = dataset_task_of(cfg.DATASET.TYPE)
+    if cfg.DATASET.TASK != dataset_task:
+        same = sorted(name for name in dataset_dict if dataset_task_of(name) == cfg.DATASET.TASK)
+        raise ConfigError(
+            f"DATASET.TASK = {cfg.DATASET.TASK!r}, but DATASET.TYPE {cfg.DATASET.TYPE!r} is a {dataset_task} dataset; "
+            f"set DATASET.TASK {dataset_task} (datasets for {cfg.DATASET.TASK}: {', '.join(same) or 'none'})"
+        )
+
+
+def dataset_task_of(dataset_type: str) -> str:
+    """The task a registered dataset is for (``register_dataset(name, task=...)``)."""
+    return getattr(dataset_dict[dataset_type], "task", CLASSIFICATION)
+
+
+def is_segmentation(cfg: Any) -> bool:
+    """Whether a config trains a segmentation task (``DATASET.TASK``; configs without the key classify)."""
+    dataset = getattr(cfg, "DATASET", None)
+    return dataset is not None and dataset.get("TASK", CLASSIFICATION) == SEGMENTATION
 
 
 def validate_values(cfg: CN) -> None:
@@ -423,3 +499,32 @@ def validate_values(cfg: CN) -> None:
     stages = list(cfg.SOLVER.LR_DECAY_STAGES)
     if stages != sorted(stages):
         raise ConfigError(f"SOLVER.LR_DECAY_STAGES = {stages}; expected increasing epochs")
+    validate_segmentation_values(cfg)
+
+
+def validate_segmentation_values(cfg: CN) -> None:
+    """The segmentation keys' shapes and ranges (crop, scale range, scenes)."""
+    crop = list(cfg.DATASET.CROP_SIZE)
+    if len(crop) != 2 or not all(isinstance(v, int) and v > 0 for v in crop):
+        raise ConfigError(f"DATASET.CROP_SIZE = {crop}; expected [height, width], two integers > 0")
+    scale = list(cfg.DATASET.SCALE_RANGE)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ConfigError(f"DATASET.SCALE_RANGE = {scale}; expected [low, high] with 0 < low <= high (the field's: [0.5, 2.0])")
+    scenes = cfg.DATASET.SCENES
+    if scenes.MAX_ITEMS < scenes.MIN_ITEMS:
+        raise ConfigError(
+            f"DATASET.SCENES.MAX_ITEMS = {scenes.MAX_ITEMS} < DATASET.SCENES.MIN_ITEMS = {scenes.MIN_ITEMS}; "
+            "expected MIN_ITEMS <= MAX_ITEMS"
+        )
+    if scenes.MAX_SCALE < scenes.MIN_SCALE:
+        raise ConfigError(
+            f"DATASET.SCENES.MAX_SCALE = {scenes.MAX_SCALE} < DATASET.SCENES.MIN_SCALE = {scenes.MIN_SCALE}; "
+            "expected MIN_SCALE <= MAX_SCALE"
+        )
+    if round(28 * scenes.MAX_SCALE) > scenes.SIZE:
+        raise ConfigError(
+            f"DATASET.SCENES.MAX_SCALE = {scenes.MAX_SCALE}: an item of 28 * {scenes.MAX_SCALE} pixels does not fit "
+            f"a DATASET.SCENES.SIZE = {scenes.SIZE} canvas; expected MAX_SCALE <= {scenes.SIZE / 28:.3f}"
+        )
+    if not 0 <= scenes.THRESHOLD < 1:
+        raise ConfigError(f"DATASET.SCENES.THRESHOLD = {scenes.THRESHOLD}; expected a number in [0, 1)")

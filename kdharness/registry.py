@@ -56,5 +56,13 @@ def register_trainer(name: str) -> Callable[[T], T]:
     return trainer_dict.register(name)
 
 
-def register_dataset(name: str) -> Callable[[T], T]:
-    return dataset_dict.register(name)
+def register_dataset(name: str, task: str = "classification") -> Callable[[T], T]:
+    """``@register_dataset("cityscapes", task="segmentation")``: the builder, tagged with the task
+    its samples are for (its ``task`` attribute), which ``DATASET.TASK`` must name."""
+    register = dataset_dict.register(name)
+
+    def decorate(builder: T) -> T:
+        builder.task = task  # type: ignore[attr-defined]
+        return register(builder)
+
+    return decorate

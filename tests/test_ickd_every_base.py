@@ -28,7 +28,9 @@ ickd_plugin.register(distiller_dict, CFG, trainer_dict)  # idempotent; the entry
 
 NUM_CLASSES, PER_CLASS, BATCH, CRD_K = 3, 6, 6, 4
 NUM_DATA = NUM_CLASSES * PER_CLASS
-BASES = sorted(name for name in distiller_dict if name != "ICKD")
+# the classification bases (segmentation's PIXEL_KD and CWD declare tasks = ("segmentation",))
+BASES = sorted(name for name in distiller_dict
+               if name != "ICKD" and "classification" in getattr(distiller_dict[name], "tasks", ("classification",)))
 
 
 def _cfg(base: str):

@@ -1,5 +1,6 @@
 """Top-1/top-5 of a checkpoint: `python tools/eval.py --cfg FILE --ckpt output/.../student_best`.
 
+For a segmentation config (DATASET.TASK segmentation): mIoU, pixel accuracy and each class's IoU.
 Accepts a student checkpoint (weights under "model", as mdistiller writes them), a full
 trainer checkpoint (the student is taken from the distiller's state) or a plain state_dict.
 """
@@ -30,17 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         from torch.utils.data import DataLoader
 
-        from kdharness.data import IndexedDataset, build_transform
+        from kdharness.data import IndexedDataset, build_dataset_transform
+        from kdharness.data.loaders import eval_collate
         from kdharness.registry import dataset_dict
         from kdharness.engine.checkpoint import load_checkpoint
-        from kdharness.engine.trainer import validate
+        from kdharness.engine.tasks import task_for
         from kdharness.distillers._base import Vanilla
         from kdharness.models import create_model
         from kdharness.models.weights import check_checkpoint_format, load_weights
 
         check_checkpoint_format(args.ckpt, CKPT_FLAG)
         raw_val = dataset_dict[cfg.DATASET.TYPE](cfg, False)
-        val_set = IndexedDataset(raw_val, build_transform(cfg.DATASET.TYPE, train=False), with_index=False)
+        val_set = IndexedDataset(raw_val, build_dataset_transform(cfg, train=False), with_index=False)
         num_classes = val_set.num_classes
         name = cfg.DISTILLER.STUDENT if args.model == "student" else cfg.DISTILLER.TEACHER
         model = create_model(name, cfg.DATASET.TYPE, num_classes)
@@ -50,12 +52,21 @@ def main(argv: list[str] | None = None) -> int:
             weights = {k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")}
         load_weights(model, args.ckpt, CKPT_FLAG, state_dict=weights)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        val_loader = DataLoader(val_set, batch_size=cfg.DATASET.TEST.BATCH_SIZE, num_workers=cfg.DATASET.NUM_WORKERS)
-        top1, top5, loss = validate(val_loader, Vanilla(model).to(device), device)
+        val_loader = DataLoader(val_set, batch_size=cfg.DATASET.TEST.BATCH_SIZE, num_workers=cfg.DATASET.NUM_WORKERS,
+                                collate_fn=eval_collate(cfg))
+        scores, extra = task_for(cfg).evaluate(val_loader, Vanilla(model, None, cfg).to(device), device, "test")
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{name} on {cfg.DATASET.TYPE}: top-1 {top1:.2f}  top-5 {top5:.2f}  loss {loss:.4f}")
+    if "test_miou" in scores:
+        print(f"{name} on {cfg.DATASET.TYPE}: mIoU {scores['test_miou']:.2f}  pixel acc {scores['test_pixel_acc']:.2f}  "
+              f"loss {scores['test_loss']:.4f}")
+        classes = getattr(raw_val, "classes", None) or [str(c) for c in range(len(extra["test_per_class_iou"]))]
+        for label, iou in zip(classes, extra["test_per_class_iou"]):
+            print(f"  {label}: {'absent' if iou is None else f'{iou:.2f}'}")
+        return 0
+    print(f"{name} on {cfg.DATASET.TYPE}: top-1 {scores['test_acc']:.2f}  top-5 {scores['test_acc_top5']:.2f}  "
+          f"loss {scores['test_loss']:.4f}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Reads every complete summary.json under the given directories and prints one row per
 teacher/student pair and one column per method, each cell `mean ± std (n seeds)`, beside
-the teacher, the vanilla student and the published figures. `--compare A B` answers
+the teacher, the vanilla student and the published figures: top-1 for classification
+runs, mIoU for segmentation runs (each dataset's table says which). `--compare A B` answers
 "does A beat B beyond seed noise?" with a paired t analysis over seeds. `--sensitivity DIR`
 draws the paper's sensitivity figures from runs that differ from their config in one
 ICKD.* override, and prints their tables instead of the leaderboard. `--cost` and
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="column per method name (default) or per run name without the seed override, "
                              "to separate variants that share a method name")
     parser.add_argument("--metric", choices=("best", "last"), default="best",
-                        help="best top-1 over epochs (default, as the published tables) or last-epoch top-1")
+                        help="best value over epochs (default, as the published tables) or the last epoch's; "
+                             "top-1 for classification runs, mIoU for segmentation runs")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="output format (default: markdown)")
     parser.add_argument("--output", metavar="FILE", help="write the table (or comparison) to FILE instead of stdout")
     parser.add_argument("--plot", metavar="FILE.png", help="also write a PNG: accuracy per method per pair, error bars = std over seeds")
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.format == "csv":
                 parts.append(render_comparison_csv(results, a, b, header=index == 0))
             else:
-                parts.append(render_comparison_markdown(results, a, b, metric=args.metric))
+                name = board.metric_name({c.dataset for c in results} or None)
+                parts.append(render_comparison_markdown(results, a, b, metric=args.metric, metric_name=name))
         text = "".join(parts) if args.format == "csv" else "\n".join(parts)
     else:
         text = render_csv(board, reference) if args.format == "csv" else render_markdown(board, reference)

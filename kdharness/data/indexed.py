@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from kdharness.config import ConfigError
+from kdharness.config import SEGMENTATION, ConfigError
 
 CRD_MODES = ("exact", "relax")
 
@@ -106,9 +106,15 @@ def train_subset_positions(cfg: Any, train: bool, targets: Sequence[int]) -> lis
 class IndexedDataset(torch.utils.data.Dataset):
     """A raw dataset plus transform, returning indices and (optionally) CRD's samples.
 
+    A segmentation raw dataset (``raw.task == "segmentation"``: ``__getitem__(i) -> (PIL
+    image, PIL mask)``, no ``targets``) gives ``(image, mask, index)`` instead, ``mask`` an
+    int64 ``[H, W]`` tensor: the trainer's batches keep their shape, the target is a mask.
+
     Args:
-        raw: ``__getitem__(i) -> (PIL image, int)``, ``targets``, ``num_classes``.
-        transform: applied to the PIL image; a plain attribute, so ``copy.copy(ds)``
+        raw: ``__getitem__(i) -> (PIL image, int)``, ``targets``, ``num_classes``; or a
+            segmentation dataset (above).
+        transform: applied to the PIL image (segmentation: to the image and mask together,
+            `kdharness.data.seg_transforms`); a plain attribute, so ``copy.copy(ds)``
             followed by ``view.transform = test_transform`` is an un-augmented view that
             shares everything else.
         seed: the run's seed; with an ``(epoch, index)`` key the randomness is a pure
@@ -134,10 +140,18 @@ class IndexedDataset(torch.utils.data.Dataset):
         self.with_index = with_index
         self.crd_k = None if crd_k is None else int(crd_k)
         self.crd_mode = crd_mode
-        self.targets: list[int] = [int(t) for t in raw.targets]
+        self.segmentation = getattr(raw, "task", "classification") == SEGMENTATION
+        # segmentation: no class per image (the masks are the targets)
+        self.targets: list[int] = [] if self.segmentation else [int(t) for t in raw.targets]
         self.num_classes: int = int(raw.num_classes)
-        if len(self.targets) != len(raw):
+        self._length = len(raw)
+        if not self.segmentation and len(self.targets) != self._length:
             raise ValueError(f"raw dataset has {len(raw)} samples but {len(self.targets)} targets")
+        if self.segmentation and self.crd_k is not None:
+            raise ConfigError(
+                "CRD's contrastive samples need one class per image; a segmentation dataset has none "
+                "(DISTILLER.TYPE CRD, or ICKD.BASE CRD, with DATASET.TASK segmentation)"
+            )
         if self.crd_k is not None:
             self._build_class_index()
 
@@ -168,7 +182,7 @@ class IndexedDataset(torch.utils.data.Dataset):
             )
 
     def __len__(self) -> int:
-        return len(self.targets)
+        return self._length
 
     def contrastive_index(self, index: int, rng: np.random.Generator) -> np.ndarray:
         """``[positive, k negatives]`` as int64, mdistiller's ``sample_idx``.
@@ -196,8 +210,8 @@ class IndexedDataset(torch.utils.data.Dataset):
             epoch, index = int(key[0]), int(key[1])
         else:
             epoch, index = None, int(key)
-        if not 0 <= index < len(self.targets):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self.targets)} samples")
+        if not 0 <= index < self._length:
+            raise IndexError(f"index {index} out of range for a dataset of {self._length} samples")
         return epoch, index
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple:
@@ -211,6 +225,11 @@ class IndexedDataset(torch.utils.data.Dataset):
             return self._load(index, seed)
 
     def _load(self, index: int, seed: int | None) -> tuple:
+        if self.segmentation:
+            image, mask = self.raw[index]
+            if self.transform is not None:
+                image, mask = self.transform(image, mask)
+            return (image, mask, index) if self.with_index else (image, mask)
         image, target = self.raw[index]
         if self.transform is not None:
             image = self.transform(image)

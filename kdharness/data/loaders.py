@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from kdharness.config import is_segmentation
 from kdharness.data.indexed import IndexedDataset, mix_seed
 from kdharness.data.sampler import EpochSampler
-from kdharness.data.transforms import build_transform
+from kdharness.data.transforms import build_dataset_transform
 from kdharness.engine.utils import log_msg
 from kdharness.registry import dataset_dict
 
@@ -53,14 +54,14 @@ def build_datasets(cfg: Any, log: bool = True) -> tuple[IndexedDataset, IndexedD
     crd = uses_crd(cfg)
     train_set = IndexedDataset(
         raw_train,
-        build_transform(cfg.DATASET.TYPE, train=True),
+        build_dataset_transform(cfg, train=True),
         seed=cfg.EXPERIMENT.SEED,
         with_index=True,
         crd_k=cfg.CRD.NCE.K if crd else None,
         crd_mode=cfg.CRD.MODE,
     )
     val_set = IndexedDataset(
-        raw_val, build_transform(cfg.DATASET.TYPE, train=False), seed=cfg.EXPERIMENT.SEED, with_index=False
+        raw_val, build_dataset_transform(cfg, train=False), seed=cfg.EXPERIMENT.SEED, with_index=False
     )
     return train_set, val_set, train_set.num_classes
 
@@ -109,9 +110,27 @@ def build_loaders(
         shuffle=False,
         drop_last=False,
         generator=_loader_generator(cfg, 1),
+        collate_fn=eval_collate(cfg),
         **common,
     )
     return train_loader, val_loader
+
+
+def eval_collate(cfg: Any):
+    """The collate function of evaluation loaders: torch's default, which for segmentation
+    first checks that a batch's images share one size (whole validation images of VOC do
+    not), with an error naming ``DATASET.TEST.BATCH_SIZE``."""
+    return collate_same_size if is_segmentation(cfg) else None
+
+
+def collate_same_size(batch: list[tuple]) -> Any:
+    sizes = sorted({tuple(sample[0].shape[-2:]) for sample in batch})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"a validation batch holds images of {len(sizes)} sizes ({', '.join(f'{h}x{w}' for h, w in sizes[:4])}); "
+            "whole images are evaluated, so set DATASET.TEST.BATCH_SIZE 1 for a dataset whose images differ in size"
+        )
+    return torch.utils.data.default_collate(batch)
 
 
 def build_train_eval_loader(cfg: Any, train_set: IndexedDataset, val_set: IndexedDataset) -> DataLoader:
@@ -130,6 +149,7 @@ def build_train_eval_loader(cfg: Any, train_set: IndexedDataset, val_set: Indexe
         batch_size=int(cfg.DATASET.TEST.BATCH_SIZE),
         shuffle=False,
         drop_last=False,
+        collate_fn=eval_collate(cfg),
         num_workers=workers,
         persistent_workers=bool(cfg.DATASET.PERSISTENT_WORKERS) and workers > 0,
         generator=_loader_generator(cfg, 2),

@@ -7,11 +7,12 @@ numbers stay comparable. All randomness comes from torch's global RNG, which
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from torchvision import transforms as T
 
-from kdharness.config import ConfigError
+from kdharness.config import ConfigError, is_segmentation
+from kdharness.data.seg_transforms import SegmentationEval, SegmentationTrain
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -30,6 +31,22 @@ TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
 # Grayscale repeated to 3 channels, so each channel has the same statistics.
 FASHION_MNIST_MEAN = (0.2190,) * 3
 FASHION_MNIST_STD = (0.3318,) * 3
+
+
+# Fashion-MNIST scenes (kdharness/data/fashion_mnist_scenes.py): computed once from the 2000
+# train scenes of the default DATASET.SCENES keys (seed 0, 64x64, 2-4 items), pixels / 255,
+# float64; mostly background, hence the low mean. Grayscale repeated to 3 channels.
+FASHION_MNIST_SCENES_MEAN = (0.1650,) * 3
+FASHION_MNIST_SCENES_STD = (0.2929,) * 3
+
+# Segmentation datasets: (mean, std) of the normalisation. Cityscapes and VOC use ImageNet's,
+# as every ImageNet-pretrained backbone expects (CIRKD, mmsegmentation).
+SEGMENTATION_NORMALIZATION = {
+    "cityscapes": (IMAGENET_MEAN, IMAGENET_STD),
+    "voc": (IMAGENET_MEAN, IMAGENET_STD),
+    "voc_aug": (IMAGENET_MEAN, IMAGENET_STD),
+    "fashion_mnist_scenes": (FASHION_MNIST_SCENES_MEAN, FASHION_MNIST_SCENES_STD),
+}
 
 
 def _cifar_style(mean: tuple[float, ...], std: tuple[float, ...], train: bool) -> Callable:
@@ -73,3 +90,26 @@ def build_transform(dataset_type: str, train: bool) -> Callable:
         f"DATASET.TYPE = {dataset_type!r} has no transform; known: cifar100, fashion_mnist, imagenet, tiny_imagenet "
         "(a plugin dataset must pass its own transform to IndexedDataset)"
     )
+
+
+def build_segmentation_transform(cfg: Any, train: bool) -> Callable:
+    """The (image, mask) pipeline of a segmentation ``DATASET.TYPE`` (`kdharness.data.seg_transforms`):
+    training with ``DATASET.SCALE_RANGE`` and ``DATASET.CROP_SIZE``, validation whole images."""
+    try:
+        mean, std = SEGMENTATION_NORMALIZATION[cfg.DATASET.TYPE]
+    except KeyError:
+        raise ConfigError(
+            f"DATASET.TYPE = {cfg.DATASET.TYPE!r} has no segmentation normalisation; known: "
+            f"{', '.join(sorted(SEGMENTATION_NORMALIZATION))} (kdharness/data/transforms.py)"
+        ) from None
+    if train:
+        return SegmentationTrain(cfg.DATASET.CROP_SIZE, cfg.DATASET.SCALE_RANGE, mean, std)
+    return SegmentationEval(mean, std)
+
+
+def build_dataset_transform(cfg: Any, train: bool) -> Callable:
+    """The transform of a config's dataset, whatever its task: `build_transform` for
+    classification, `build_segmentation_transform` for segmentation."""
+    if is_segmentation(cfg):
+        return build_segmentation_transform(cfg, train)
+    return build_transform(cfg.DATASET.TYPE, train)

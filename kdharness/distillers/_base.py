@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdharness.config import CLASSIFICATION, IGNORE_INDEX, SEGMENTATION, is_segmentation
+
 # What a distiller needs from the harness before it is built. `tools/train.py` reads this
 # class attribute (or the classmethod of the same name) to decide whether to load teacher
 # weights, build an untrained teacher, or build none at all.
@@ -27,6 +29,25 @@ def label_smoothing(cfg: Any) -> float:
     """``SOLVER.LABEL_SMOOTHING`` of a config, 0 for one without the key (mdistiller's)."""
     solver = getattr(cfg, "SOLVER", None) if cfg is not None else None
     return float(solver.get("LABEL_SMOOTHING", 0.0)) if solver is not None else 0.0
+
+
+def config_task(cfg: Any) -> str:
+    """``DATASET.TASK`` of a config (classification for mdistiller's, which lack the key)."""
+    return SEGMENTATION if cfg is not None and is_segmentation(cfg) else CLASSIFICATION
+
+
+def check_task(cls: type, cfg: Any, method: str | None = None) -> None:
+    """ValueError naming ``DATASET.TASK`` unless the distiller class declares the config's task
+    in its ``tasks`` (a class without the attribute, a plugin's, is not restricted)."""
+    tasks = getattr(cls, "tasks", None)
+    task = config_task(cfg)
+    if tasks is not None and task not in tasks:
+        name = method or cls.__name__
+        raise ValueError(
+            f"DISTILLER.TYPE {name} is for {' and '.join(tasks)}; DATASET.TASK = {task!r}. "
+            + ("Segmentation's distillers: NONE, KD, PIXEL_KD, CWD" if task == SEGMENTATION
+               else "Use it with DATASET.TASK segmentation (and KD for classification)")
+        )
 
 
 def require_teacher(teacher: nn.Module | None, method: str) -> nn.Module:
@@ -43,19 +64,37 @@ class Distiller(nn.Module):
     """Base class: student + frozen teacher; subclasses implement `forward_train`.
 
     `cfg` (optional, so mdistiller's two-argument form still works) gives every method's
-    cross-entropy on the labels its ``SOLVER.LABEL_SMOOTHING``: `ce_loss` is the one place
-    where a distiller's CE term is computed.
+    cross-entropy on the labels its ``SOLVER.LABEL_SMOOTHING``, and, for a segmentation
+    config (``DATASET.TASK``), its per-pixel form without the pixels labelled
+    ``IGNORE_INDEX``: `ce_loss` is the one place where a distiller's CE term is computed.
     """
+
+    # The tasks (DATASET.TASK) the method trains: refused for the others, when the config is
+    # loaded and when the distiller is built. mdistiller's methods are written for logits
+    # [B, C] and pooled features: classification only, unless a method says more.
+    tasks: ClassVar[tuple[str, ...]] = (CLASSIFICATION,)
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any = None) -> None:
         super().__init__()
+        if cfg is not None:
+            check_task(type(self), cfg)
         self.student = student
         self.teacher = teacher
         self.label_smoothing = label_smoothing(cfg)
+        self.segmentation = config_task(cfg) == SEGMENTATION
 
     def ce_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy on the labels, smoothed by ``SOLVER.LABEL_SMOOTHING`` (0: the plain one)."""
-        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        """Cross-entropy on the labels, smoothed by ``SOLVER.LABEL_SMOOTHING`` (0: the plain one).
+
+        Segmentation: logits ``[B, C, H, W]``, masks ``[B, H, W]``; the mean over the labelled
+        pixels (0, not NaN, for a batch without any: a crop that fell on ignored pixels only).
+        """
+        if not self.segmentation:
+            return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        total = F.cross_entropy(
+            logits, target, ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing, reduction="sum"
+        )
+        return total / (target != IGNORE_INDEX).sum().clamp(min=1)
 
     @classmethod
     def teacher_requirement(cls, cfg: Any) -> str:
@@ -95,6 +134,8 @@ class Distiller(nn.Module):
 
 class Vanilla(Distiller):
     """Student trained with cross-entropy alone (mdistiller's "NONE"); no teacher is built."""
+
+    tasks = (CLASSIFICATION, SEGMENTATION)
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, cfg: Any = None) -> None:
         super().__init__(student, None, cfg)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdharness.config import CLASSIFICATION, SEGMENTATION
 from kdharness.distillers._base import Distiller, require_teacher
 from kdharness.registry import register_distiller
 
@@ -30,7 +31,13 @@ def kd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, temperat
 
 @register_distiller("KD")
 class KD(Distiller):
-    """Cross-entropy on labels plus the temperature-scaled KL to the frozen teacher."""
+    """Cross-entropy on labels plus the temperature-scaled KL to the frozen teacher.
+
+    On segmentation logits ``[B, C, H, W]`` the same loss is a pixel-wise KD at the input's
+    resolution (KL over classes, mean over pixels); PIXEL_KD is the field's, on the dense logits.
+    """
+
+    tasks = (CLASSIFICATION, SEGMENTATION)
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: Any) -> None:
         super().__init__(student, require_teacher(teacher, "KD"), cfg)

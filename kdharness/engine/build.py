@@ -24,7 +24,7 @@ from kdharness.engine.checkpoint import CheckpointError
 from kdharness.engine.trainer import BaseTrainer  # noqa: F401  (registers the base trainer)
 from kdharness.engine.utils import log_msg, seed_everything
 from kdharness.models import create_model
-from kdharness.models.weights import load_weights, resolve_teacher_path
+from kdharness.models.weights import BACKBONE_KEY, load_backbone_weights, load_weights, resolve_teacher_path
 from kdharness.registry import distiller_dict, trainer_dict
 
 
@@ -51,6 +51,11 @@ def build_distiller(cfg, num_classes: int, num_data: int) -> nn.Module:
     """Student, teacher (loaded, untrained or absent as the distiller asks) and the distiller."""
     cls = distiller_dict[cfg.DISTILLER.TYPE]
     student = create_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes)
+    backbone_path = cfg.DISTILLER.get("STUDENT_BACKBONE_WEIGHTS", "")
+    if backbone_path:
+        path = os.path.expanduser(backbone_path)
+        print(log_msg(f"Loading the ImageNet backbone of {cfg.DISTILLER.STUDENT} from {path} ({BACKBONE_KEY})", "INFO"))
+        load_backbone_weights(student, path)
     requirement = teacher_requirement(cfg)
     teacher = None
     if requirement != TEACHER_NONE:

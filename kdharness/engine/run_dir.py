@@ -60,15 +60,17 @@ def previous_run_files(log_path: str) -> list[str]:
 
 
 def describe_run(log_path: str) -> str:
-    """A few words on the run in `log_path` from its summary.json: finished or how far, best top-1."""
+    """A few words on the run in `log_path` from its summary.json: finished or how far, best top-1 (or mIoU)."""
     try:
         with open(os.path.join(log_path, "summary.json"), encoding="utf-8") as handle:
             summary = json.load(handle)
         done, planned = len(summary.get("history") or []), summary.get("epochs")
         state = "a finished run" if summary.get("complete") else f"a partial run ({done} of {planned} epochs)"
-        best = summary.get("best_top1")
+        best, name = summary.get("best_top1"), "top-1"
+        if summary.get("task") == "segmentation":
+            best, name = summary.get("best_miou"), "mIoU"
         if isinstance(best, (int, float)) and best >= 0:
-            state += f", best top-1 {best:.2f} % at epoch {summary.get('best_epoch')}"
+            state += f", best {name} {best:.2f} % at epoch {summary.get('best_epoch')}"
         return state
     except (OSError, ValueError, AttributeError, TypeError):
         return "a partial run"

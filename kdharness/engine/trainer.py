@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from kdharness.data.loaders import build_train_eval_loader
@@ -36,9 +35,9 @@ from kdharness.engine.diagnostics import DiagnosticsLog
 from kdharness.engine.io_errors import append_text
 from kdharness.engine.run_info import run_metadata
 from kdharness.engine.scalar_log import open_scalar_log
+from kdharness.engine.tasks import task_for, validate  # noqa: F401  (validate: tools/eval.py's and the tests' import)
 from kdharness.engine.utils import (
     AverageMeter,
-    accuracy,
     learning_rate,
     log_msg,
     rng_state,
@@ -49,6 +48,8 @@ from kdharness.engine.utils import (
 from kdharness.registry import register_trainer
 
 METER_NAMES = ("training_time", "data_time", "losses", "top1", "top5")
+# Schedules whose LR changes at every step (the others change once per epoch).
+PER_STEP_SCHEDULERS = ("cosine", "poly")
 
 
 class RunDirectoryLocked(RuntimeError):
@@ -77,22 +78,6 @@ def is_main_process() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
 
 
-def validate(val_loader, distiller: nn.Module, device: torch.device) -> tuple[float, float, float]:
-    """Top-1, top-5 (percent) and mean cross-entropy of the student on `val_loader`."""
-    meters = {name: AverageMeter() for name in ("loss", "top1", "top5")}
-    distiller.eval()
-    with torch.no_grad():
-        for data in tqdm(val_loader, desc="eval", leave=False, disable=not (is_main_process() and shows_progress())):
-            image, target = data[0].to(device, non_blocking=True), data[1].to(device, non_blocking=True)
-            output = distiller(image=image)
-            top1, top5 = accuracy(output, target, topk=(1, 5))
-            n = image.size(0)
-            meters["loss"].update(F.cross_entropy(output, target).item(), n)
-            meters["top1"].update(top1, n)
-            meters["top5"].update(top5, n)
-    return meters["top1"].avg, meters["top5"].avg, meters["loss"].avg
-
-
 class _StopRequested(Exception):
     pass
 
@@ -103,6 +88,7 @@ class BaseTrainer:
 
     def __init__(self, experiment_name: str, distiller: nn.Module, train_loader, val_loader, cfg) -> None:
         self.cfg = cfg
+        self.task = task_for(cfg)  # classification or segmentation: the score, evaluation and words
         self.distiller = distiller
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -327,7 +313,7 @@ class BaseTrainer:
         if state is not None and state["epoch"] >= self.cfg.SOLVER.EPOCHS and not state.get("step_in_epoch"):
             print(log_msg(
                 f"{self.log_path} is complete: all {self.cfg.SOLVER.EPOCHS} epochs are trained, nothing to resume "
-                f"(best top-1 {state['best_acc']:.2f}); raise SOLVER.EPOCHS to train it further", "INFO"))
+                f"(best {self.task.metric} {state['best_acc']:.2f}); raise SOLVER.EPOCHS to train it further", "INFO"))
             self._restore(state, announce=False)
             return self.write_summary(complete=True, persist=False)
         # Hooks may read the checkpoint about to be restored (ICKD takes an online bank from
@@ -349,7 +335,8 @@ class BaseTrainer:
                 signal.signal(signum, handler)
         summary = self.write_summary(complete=True)
         if self.is_main:
-            print(log_msg(f"Best accuracy: {self.best_acc:.2f} (epoch {self.best_epoch}); run directory {self.log_path}", "EVAL"))
+            what = "accuracy" if self.task.metric == "top-1" else self.task.metric
+            print(log_msg(f"Best {what}: {self.best_acc:.2f} (epoch {self.best_epoch}); run directory {self.log_path}", "EVAL"))
             append_text(os.path.join(self.log_path, "worklog.txt"), f"best_acc\t{self.best_acc:.2f}\n")
         return summary
 
@@ -372,7 +359,7 @@ class BaseTrainer:
         step = first_step
         epoch_start = time.time()
         for data in self.train_loader:
-            if self.cfg.SOLVER.SCHEDULER == "cosine":
+            if self.cfg.SOLVER.SCHEDULER in PER_STEP_SCHEDULERS:
                 set_learning_rate(self.optimizer, learning_rate(epoch, self.cfg, step / num_iter))
             losses = self._run_step(data, epoch, step)
             step += 1
@@ -441,10 +428,8 @@ class BaseTrainer:
             return None
         self.meters["training_time"].update(time.time() - start)
         n = batch["image"].size(0)
-        top1, top5 = accuracy(preds.detach(), batch["target"], topk=(1, 5))
+        self.task.update_train_meters(self.meters, preds.detach(), batch["target"])
         self.meters["losses"].update(loss.item(), n)
-        self.meters["top1"].update(top1, n)
-        self.meters["top5"].update(top5, n)
         values = {name: term.item() for name, term in terms.items()}
         self.diagnostics.record()
         if self.is_main and self.cfg.LOG.TENSORBOARD_FREQ and self.global_step % self.cfg.LOG.TENSORBOARD_FREQ == 0:
@@ -526,7 +511,7 @@ class BaseTrainer:
         m = self.meters
         return (
             f"Epoch:{epoch}| Time(data):{m['data_time'].avg:.3f}| Time(train):{m['training_time'].avg:.3f}| "
-            f"Loss:{m['losses'].avg:.4f}| Top-1:{m['top1'].avg:.3f}| Top-5:{m['top5'].avg:.3f}"
+            f"Loss:{m['losses'].avg:.4f}| {self.task.progress(m)}"
         )
 
     def evaluates(self, epoch: int) -> bool:
@@ -537,22 +522,25 @@ class BaseTrainer:
         """Evaluate (on LOG.EVAL_FREQ's epochs), log, checkpoint (rank 0 only), then run `after_epoch` hooks."""
         metrics = OrderedDict(train_acc=self.meters["top1"].avg, train_loss=self.meters["losses"].avg)
         improved = False
+        extra: dict[str, Any] = {}  # per-class scores: history only, not tensorboard scalars
         if self.evaluates(epoch):
-            test_acc, test_acc_top5, test_loss = validate(self.val_loader, self.distiller, self.device)
-            metrics.update(test_acc=test_acc, test_acc_top5=test_acc_top5, test_loss=test_loss)
+            scores, extra = self.task.evaluate(self.val_loader, self.distiller, self.device, "test")
+            metrics.update(scores)
             if self.train_eval_loader is not None:
-                fit_acc, _, fit_loss = validate(self.train_eval_loader, self.distiller, self.device)
-                metrics.update(train_eval_acc=fit_acc, train_eval_loss=fit_loss)
-            improved = test_acc > self.best_acc
+                fit_scores, _ = self.task.evaluate(self.train_eval_loader, self.distiller, self.device, "train_eval")
+                metrics.update(fit_scores)
+            score = metrics[self.task.primary]
+            improved = score > self.best_acc  # best_acc: the best top-1, or mIoU for segmentation
             if improved:
-                self.best_acc, self.best_epoch = test_acc, epoch
-        self.history.append({"epoch": epoch, "lr": lr, **metrics, **self.diagnostics.history_entry()})
+                self.best_acc, self.best_epoch = score, epoch
+        self.history.append({"epoch": epoch, "lr": lr, **metrics, **extra, **self.diagnostics.history_entry()})
         self._call_hooks("before_checkpoint", self.global_step)
         if self.is_main:
             self.diagnostics.write_epoch(self.tf_writer, epoch)  # before _log_epoch, which flushes
             self._log_epoch(epoch, lr, metrics)
             state = self._state(epoch, 0)
-            student_state = {"model": unwrap(self.distiller).student.state_dict(), "epoch": epoch, "test_acc": metrics.get("test_acc")}
+            student_state = {"model": unwrap(self.distiller).student.state_dict(), "epoch": epoch,
+                             self.task.primary: metrics.get(self.task.primary)}
             self._save_latest(state)
             self._save(student_state, "student_latest")
             if self.cfg.LOG.SAVE_CHECKPOINT_FREQ and epoch % self.cfg.LOG.SAVE_CHECKPOINT_FREQ == 0:
@@ -576,25 +564,20 @@ class BaseTrainer:
         if not os.path.exists(path):  # the run's first record: its whole config first (it is not printed)
             lines.insert(0, f"config:\n{self.cfg.dump()}")
         append_text(path, "\n".join(lines) + "\n")
-        print(log_msg(self._epoch_line(epoch, metrics), "EVAL" if "test_acc" in metrics else "TRAIN"))
+        print(log_msg(self._epoch_line(epoch, metrics), "EVAL" if self.task.primary in metrics else "TRAIN"))
 
     def _epoch_line(self, epoch: int, metrics: dict[str, float]) -> str:
         """What a person reads for each epoch: ``Epoch 3/6 (12 s): train loss 0.512, top-1 81.20 | test ...``."""
         seconds = getattr(self, "_epoch_seconds", 0.0)
-        line = (f"Epoch {epoch}/{self.cfg.SOLVER.EPOCHS} ({seconds:.0f} s): train loss {metrics['train_loss']:.4f}, "
-                f"top-1 {metrics['train_acc']:.2f}")
-        if "test_acc" in metrics:
-            line += f" | test top-1 {metrics['test_acc']:.2f}, top-5 {metrics['test_acc_top5']:.2f}"
-            if "train_eval_acc" in metrics:
-                line += f" | train set without augmentation {metrics['train_eval_acc']:.2f}"
-        return line
+        return (f"Epoch {epoch}/{self.cfg.SOLVER.EPOCHS} ({seconds:.0f} s): train loss {metrics['train_loss']:.4f}, "
+                + self.task.epoch_text(metrics))
 
     def write_summary(self, complete: bool, persist: bool = True) -> dict[str, Any]:
         """The machine-readable record of the run that sweeps and leaderboards read (written
         to summary.json by rank 0 unless `persist` is False)."""
         cfg = self.cfg
         base = cfg.ICKD.BASE if cfg.DISTILLER.TYPE == "ICKD" and "ICKD" in cfg else None
-        last_evaluated = next((entry for entry in reversed(self.history) if "test_acc" in entry), {})
+        last_evaluated = next((entry for entry in reversed(self.history) if self.task.primary in entry), {})
         summary = {
             "complete": complete,
             "experiment": os.path.basename(self.log_path),
@@ -607,10 +590,10 @@ class BaseTrainer:
             "student": cfg.DISTILLER.STUDENT,
             "seed": cfg.EXPERIMENT.SEED,
             "epochs": cfg.SOLVER.EPOCHS,
-            "best_top1": self.best_acc,
+            "task": self.task.name,
+            "metric": self.task.metric,  # what best_* and last_* measure: "top-1" or "mIoU" (percent)
+            **self.task.summary_fields(last_evaluated, self.best_acc),
             "best_epoch": self.best_epoch,
-            "last_top1": last_evaluated.get("test_acc"),
-            "last_top5": last_evaluated.get("test_acc_top5"),
             "wall_time_s": round(self.wall_time, 3),
             "skipped_steps": self.skipped_steps,
             "history": self.history,

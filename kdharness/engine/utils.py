@@ -54,10 +54,16 @@ def shows_progress() -> bool:
 
 
 def learning_rate(epoch: int, cfg: Any, step_fraction: float = 0.0) -> float:
-    """LR for `epoch` (1-based). "step" is mdistiller's schedule; "cosine" decays per epoch to 0."""
+    """LR for `epoch` (1-based) after `step_fraction` of its steps. "step" is mdistiller's
+    schedule; "cosine" decays to 0; "poly" (segmentation's, DeepLab's) is
+    ``LR * (1 - progress) ** SOLVER.POLY_POWER``. Cosine and poly are set before every step,
+    so with a fixed number of steps per epoch poly equals the per-iteration schedule of
+    iteration-based trainers (progress = iteration / total iterations)."""
+    progress = (epoch - 1 + step_fraction) / cfg.SOLVER.EPOCHS
     if cfg.SOLVER.SCHEDULER == "cosine":
-        progress = (epoch - 1 + step_fraction) / cfg.SOLVER.EPOCHS
         return 0.5 * cfg.SOLVER.LR * (1.0 + math.cos(math.pi * progress))
+    if cfg.SOLVER.SCHEDULER == "poly":
+        return cfg.SOLVER.LR * max(0.0, 1.0 - progress) ** float(cfg.SOLVER.POLY_POWER)
     steps = int(np.sum(epoch > np.asarray(cfg.SOLVER.LR_DECAY_STAGES)))
     return cfg.SOLVER.LR * (cfg.SOLVER.LR_DECAY_RATE ** steps)
 

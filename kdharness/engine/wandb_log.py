@@ -25,7 +25,7 @@ from kdharness.engine.utils import log_msg
 # Tags the trainer logs per step (x-axis global_step); every other tag is per epoch.
 STEP_TAG_PREFIXES = ("train/", "diagnostics/")
 # Tags whose run summary is their best value rather than their last.
-MAX_SUMMARY_TAGS = ("test_acc", "test_acc_top5")
+MAX_SUMMARY_TAGS = ("test_acc", "test_acc_top5", "test_miou", "test_pixel_acc")
 
 
 def _warn(message: str) -> None:

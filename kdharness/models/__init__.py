@@ -1,7 +1,8 @@
 """The model zoo: mdistiller's models, registered in timm, and the names configs use for them.
 
 Configs keep mdistiller's bare names (``DISTILLER.STUDENT: resnet8x4``); the dataset picks
-the timm prefix (``cifar_resnet8x4``, ``imagenet_ResNet18``). The timm registry is the only
+the timm prefix (``cifar_resnet8x4``, ``imagenet_ResNet18``; segmentation datasets ``seg_``:
+``seg_deeplabv3_resnet18``). The timm registry is the only
 list of models: allowed names are read from it, never from a table kept beside it.
 """
 from __future__ import annotations
@@ -12,11 +13,13 @@ import torch.nn as nn
 from kdharness.config import ConfigError
 
 # Importing the families is what registers them in timm.
-from kdharness.models import cifar, imagenet, tiny_imagenet  # noqa: F401  (registration side effect)
+from kdharness.models import cifar, imagenet, segmentation, tiny_imagenet  # noqa: F401  (registration side effect)
 from kdharness.models.weights import load_teacher_weights, load_weights, resolve_teacher_path
 
 MODEL_PREFIX = {
     "cifar100": "cifar_", "fashion_mnist": "cifar_", "imagenet": "imagenet_", "tiny_imagenet": "tiny_imagenet_",
+    # segmentation: every DeepLabV3 of kdharness/models/segmentation/ for every dense dataset
+    "cityscapes": "seg_", "voc": "seg_", "voc_aug": "seg_", "fashion_mnist_scenes": "seg_",
 }
 
 __all__ = [

@@ -22,6 +22,7 @@ from kdharness.config import ConfigError
 from kdharness.engine.checkpoint import CheckpointError, load_weights_only  # the one error for unusable checkpoint files
 
 TEACHER_KEY = "DISTILLER.TEACHER_WEIGHTS"
+BACKBONE_KEY = "DISTILLER.STUDENT_BACKBONE_WEIGHTS"
 CIFAR_TEACHER_DIR = os.path.join("download_ckpts", "cifar_teachers")
 MDISTILLER_LAYOUT = os.path.join(CIFAR_TEACHER_DIR, "<TEACHER>_vanilla", "ckpt_epoch_240.pth")
 
@@ -36,6 +37,7 @@ __all__ = [
     "MDISTILLER_LAYOUT",
     "check_checkpoint_format",
     "extract_state_dict",
+    "load_backbone_weights",
     "load_teacher_weights",
     "load_weights",
     "resolve_teacher_path",
@@ -84,6 +86,29 @@ def load_weights(
     state_dict = extract_state_dict(checkpoint, path)
     _check_compatible(model, state_dict, path, key_name)
     model.load_state_dict(state_dict, strict=False)  # strictness checked above, num_batches_tracked aside
+    return model
+
+
+def load_backbone_weights(model: nn.Module, path: str, key_name: str = BACKBONE_KEY) -> nn.Module:
+    """Fill a segmentation model's backbone from an ImageNet checkpoint of torchvision's layout.
+
+    The backbone (``model.get_backbone()``) keeps torchvision's parameter names; the entries
+    it has no use for (the ImageNet classifier: ``backbone.imagenet_extra_prefixes``) are
+    dropped, and every other key must fit, strictly, as for a teacher. The decoder and
+    classifier keep their initialisation.
+    """
+    get_backbone = getattr(model, "get_backbone", None)
+    if get_backbone is None:
+        raise ConfigError(
+            f"{key_name} = {path!r}, but {_describe(model)[0]} has no backbone to fill; the key is for "
+            "segmentation models (kdharness/models/segmentation/); leave it empty"
+        )
+    backbone = get_backbone()
+    state_dict = extract_state_dict(_read_checkpoint(path, key_name), path)
+    extra = tuple(getattr(backbone, "imagenet_extra_prefixes", ()))
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(extra)} if extra else state_dict
+    _check_compatible(backbone, state_dict, path, key_name)
+    backbone.load_state_dict(state_dict, strict=False)  # strictness checked above, num_batches_tracked aside
     return model
 
 

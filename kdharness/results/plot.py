@@ -76,7 +76,7 @@ def plot_leaderboard(board: Leaderboard, path: str, reference: Sequence[Referenc
             if xs:
                 ax.errorbar(xs, ys, yerr=errors, fmt="o", capsize=3, color=colour, label=name)
             published = [
-                (x + offset, table[row.pair][name].top1)
+                (x + offset, table[row.pair][name].value)
                 for x, row in enumerate(rows)
                 if name in table.get(row.pair, {})
             ]
@@ -88,7 +88,7 @@ def plot_leaderboard(board: Leaderboard, path: str, reference: Sequence[Referenc
             ax.scatter([], [], marker="D", facecolors="none", edgecolors="black", label="published")
         ax.set_xticks(range(len(rows)), [f"{row.teacher}\n→ {row.student}" for row in rows], fontsize=8)
         ax.set_xlim(-0.6, len(rows) - 0.4)
-        ax.set_ylabel(f"{'best' if board.metric == 'best' else 'last'} top-1 (%)")
+        ax.set_ylabel(f"{'best' if board.metric == 'best' else 'last'} {board.metric_name([dataset])} (%)")
         ax.set_title(f"{dataset} (mean ± std over seeds)")
         ax.grid(axis="y", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
@@ -127,7 +127,7 @@ def plot_curves(board: Leaderboard, summaries: Sequence[RunSummary], path: str, 
                 if train:
                     ax.plot(*zip(*train), color=colour, lw=1, ls="--", label=f"{name} train images" if index == 0 else None)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("top-1 (%)")
+        ax.set_ylabel(f"{board.metric_name([row.dataset])} (%)")
         ax.set_title(f"{row.dataset}: {row.teacher} → {row.student} (one line per seed)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")

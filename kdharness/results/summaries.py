@@ -67,7 +67,12 @@ _REQUIRED = {
     "student": str,
     "method": str,
     "seed": int,
-    "best_top1": (int, float),
+}
+# Per task (summary.json's "task", classification when absent): the keys of the run's best and
+# last value, the metric they measure, and the history keys of its per-epoch curves.
+TASK_FIELDS = {
+    "classification": ("best_top1", "last_top1", "top-1", ("test_acc", "train_eval_acc")),
+    "segmentation": ("best_miou", "last_miou", "mIoU", ("test_miou", "train_eval_miou")),
 }
 _SEED_OVERRIDE = re.compile(r",EXPERIMENT\.SEED:[^,]*")
 # A run that `tools/train.py --start-over` moved aside (kdharness.engine.run_dir.set_aside):
@@ -75,7 +80,8 @@ _SEED_OVERRIDE = re.compile(r",EXPERIMENT\.SEED:[^,]*")
 _SET_ASIDE_DIR = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")
 # Published-table order: each baseline followed by ICKD added to it; then mdistiller's
 # feature distillers (the CRD paper's table order), so their published columns sit together.
-_BASE_ORDER = ("", "KD", "DKD", "CRD", "DML", "FITNET", "AT", "SP", "VID", "RKD", "PKT", "NST", "KDSVD")
+_BASE_ORDER = ("", "KD", "DKD", "CRD", "DML", "FITNET", "AT", "SP", "VID", "RKD", "PKT", "NST", "KDSVD",
+               "PIXEL_KD", "SKD", "IFVD", "CWD", "DSD", "CIRKD")  # segmentation's, in CIRKD's table order
 
 
 class SummaryError(ValueError):
@@ -99,8 +105,8 @@ class RunSummary:
     student: str
     method: str
     seed: int
-    best_top1: float
-    last_top1: float | None
+    best_top1: float  # the best value of the run's metric: top-1, or mIoU for segmentation (see `metric`)
+    last_top1: float | None  # its last evaluated value
     epochs_done: int
     epochs: int | None
     skipped_steps: int = 0  # steps dropped for a non-finite loss (SOLVER.NAN_POLICY skip)
@@ -108,7 +114,9 @@ class RunSummary:
     diagnostics: Mapping[str, float] = field(default_factory=dict)  # the last epoch's means (ICKD's, ...)
     config: Mapping[str, Any] = field(default_factory=dict)  # the recorded config, flattened ("SOLVER.LR": 0.05)
     settings: Mapping[str, Any] = field(default_factory=dict)  # what it trained with (kdharness.results.settings)
-    curves: Sequence[Mapping[str, float]] = ()  # per evaluated epoch: epoch, test_acc, train_eval_acc (if recorded)
+    # per evaluated epoch: epoch, test_acc, train_eval_acc (if recorded): the run's metric (top-1 or mIoU)
+    curves: Sequence[Mapping[str, float]] = ()
+    metric: str = "top-1"  # what best_top1 / last_top1 measure: "top-1", or "mIoU" for segmentation runs
 
     @property
     def pair(self) -> Pair:
@@ -119,21 +127,27 @@ class RunSummary:
         return strip_seed(self.experiment)
 
     def value(self, metric: Metric) -> float | None:
+        """The run's best or last value of its metric (``self.metric``: top-1 or mIoU)."""
         return self.best_top1 if metric == "best" else self.last_top1
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], path: str) -> "RunSummary":
-        missing = [key for key in _REQUIRED if key not in data]
+        task = data.get("task", "classification")
+        if task not in TASK_FIELDS:
+            raise SummaryError(f"{path}: task = {task!r}; expected one of {', '.join(TASK_FIELDS)}")
+        best_key, last_key, metric, curve_keys = TASK_FIELDS[task]
+        required = {**_REQUIRED, best_key: (int, float)}
+        missing = [key for key in required if key not in data]
         if missing:
             raise SummaryError(
                 f"{path}: missing keys {missing}; expected a summary.json written by kdharness.engine.trainer"
             )
-        for key, kind in _REQUIRED.items():
+        for key, kind in required.items():
             if not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool)):
                 raise SummaryError(f"{path}: {key} = {data[key]!r}; expected {_kind_name(kind)}")
-        last = data.get("last_top1")
+        last = data.get(last_key)
         if last is not None and not isinstance(last, (int, float)):
-            raise SummaryError(f"{path}: last_top1 = {last!r}; expected a number or null")
+            raise SummaryError(f"{path}: {last_key} = {last!r}; expected a number or null")
         history = data.get("history") or []
         config = data.get("config")
         try:
@@ -149,7 +163,7 @@ class RunSummary:
             student=data["student"],
             method=data["method"],
             seed=data["seed"],
-            best_top1=float(data["best_top1"]),
+            best_top1=float(data[best_key]),
             last_top1=None if last is None else float(last),
             epochs_done=len(history) if isinstance(history, list) else 0,
             epochs=data.get("epochs") if isinstance(data.get("epochs"), int) else None,
@@ -158,7 +172,8 @@ class RunSummary:
             diagnostics=_last_diagnostics(history),
             config=flatten_config(parsed) if isinstance(parsed, Mapping) else {},
             settings=settings_from_config(parsed),
-            curves=_curves(history),
+            curves=_curves(history, curve_keys),
+            metric=metric,
         )
 
 
@@ -169,14 +184,17 @@ def _number_or_none(value: Any) -> float | None:
 CURVE_KEYS = ("epoch", "test_acc", "train_eval_acc")
 
 
-def _curves(history: Any) -> tuple[dict[str, float], ...]:
-    """The evaluated epochs' accuracies, for learning-curve figures (`leaderboard.py --curves`)."""
+def _curves(history: Any, keys: tuple[str, str] = ("test_acc", "train_eval_acc")) -> tuple[dict[str, float], ...]:
+    """The evaluated epochs' scores, for learning-curve figures (`leaderboard.py --curves`),
+    under CURVE_KEYS's names whatever the task: ``keys`` are the history's keys of the test and
+    training-image scores (segmentation: ``test_miou``, ``train_eval_miou``)."""
     if not isinstance(history, list):
         return ()
+    names = dict(zip(keys, CURVE_KEYS[1:]), epoch="epoch")
     points = []
     for entry in history:
-        if isinstance(entry, dict) and _number_or_none(entry.get("test_acc")) is not None:
-            points.append({key: float(entry[key]) for key in CURVE_KEYS if _number_or_none(entry.get(key)) is not None})
+        if isinstance(entry, dict) and _number_or_none(entry.get(keys[0])) is not None:
+            points.append({names[key]: float(entry[key]) for key in names if _number_or_none(entry.get(key)) is not None})
     return tuple(points)
 
 
@@ -310,10 +328,17 @@ class Leaderboard:
     metric: Metric = "best"
     group_by: GroupBy = "method"
     warnings: list[str] = field(default_factory=list)
+    metric_names: dict[str, str] = field(default_factory=dict)  # dataset -> "top-1" or "mIoU"
 
     @property
     def datasets(self) -> list[str]:
         return list(dict.fromkeys(row.dataset for row in self.rows))
+
+    def metric_name(self, datasets: Iterable[str] | None = None) -> str:
+        """What the values of ``datasets`` (all of the board's by default) measure: "top-1",
+        "mIoU", or "top-1 / mIoU" when they mix."""
+        names = dict.fromkeys(self.metric_names.get(d, "top-1") for d in (self.datasets if datasets is None else datasets))
+        return " / ".join(names) or "top-1"
 
     def rows_for(self, dataset: str) -> list[PairRow]:
         return [row for row in self.rows if row.dataset == dataset]
@@ -397,7 +422,7 @@ def aggregate(summaries: Iterable[RunSummary], metric: Metric = "best", by: Grou
         if not summary.complete:
             warnings.append(f"skipped {summary.path}: incomplete run")
         elif value is None or not math.isfinite(value) or value < 0:  # the trainer's best is -1 before any epoch
-            warnings.append(f"skipped {summary.path}: no {metric} top-1 recorded")
+            warnings.append(f"skipped {summary.path}: no {metric} {summary.metric} recorded")
         else:
             runs.append(summary)
 
@@ -433,7 +458,8 @@ def aggregate(summaries: Iterable[RunSummary], metric: Metric = "best", by: Grou
     for (dataset, model), model_runs in sorted(teacher_runs.items()):
         warnings.extend(_duplicate_seed_warnings(f"{dataset} teacher {model}", model_runs))
     order = method_order if by == "method" else (lambda name: (0, 0, False, name))
-    return Leaderboard(rows, sorted(columns, key=order), metric, by, warnings)
+    metric_names = {run.dataset: run.metric for run in runs}
+    return Leaderboard(rows, sorted(columns, key=order), metric, by, warnings, metric_names)
 
 
 def _ordered(runs: Sequence[RunSummary]) -> list[RunSummary]:

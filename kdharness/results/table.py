@@ -17,6 +17,7 @@ from kdharness.results.summaries import VANILLA, Cell, Leaderboard, MethodCompar
 
 __all__ = [
     "format_cell",
+    "metric_title",
     "render_comparison_csv",
     "render_comparison_markdown",
     "render_csv",
@@ -25,7 +26,17 @@ __all__ = [
 ]
 
 MISSING_MD = "–"
-_METRIC_TITLE = {"best": "best top-1", "last": "last-epoch top-1"}
+_METRIC_WHEN = {"best": "best", "last": "last-epoch"}
+PUBLISHED_TEACHER = "teacher"
+
+
+def metric_title(metric: str, name: str = "top-1") -> str:
+    """``best top-1``, ``last-epoch mIoU``: which value (``metric``) of which measure (``name``)."""
+    return f"{_METRIC_WHEN.get(metric, metric)} {name}"
+
+
+def _teacher_header(name: str) -> str:
+    return "Teacher acc." if name == "top-1" else f"Teacher {name}"
 
 
 def format_cell(cell: Cell | None, missing: str = "") -> str:
@@ -37,15 +48,21 @@ def format_cell(cell: Cell | None, missing: str = "") -> str:
 
 
 def _reference_columns(rows: Sequence[PairRow], figures: Sequence[ReferenceFigure]) -> list[tuple[str, str]]:
-    """(method, source) of every published figure for the given rows, in leaderboard order."""
-    pairs = {row.pair for row in rows}
-    found = {(f.method, f.source) for f in figures if f.pair in pairs}
-    return sorted(found, key=lambda ms: (method_order(ms[0]), ms[1]))
+    """(method, source) of every published figure for the given rows, in leaderboard order; a
+    published teacher (segmentation's teacher rows) and vanilla student first."""
+    table = reference_by_pair(list(figures))
+    found = {(f.method, f.source) for row in rows for f in table.get(row.pair, {}).values()}
+    first = (PUBLISHED_TEACHER, VANILLA)
+    return sorted(found, key=lambda ms: (first.index(ms[0]) if ms[0] in first else 2, method_order(ms[0]), ms[1]))
+
+
+def _reference_header(method: str) -> str:
+    return "Teacher" if method == PUBLISHED_TEACHER else _escape(method)
 
 
 def _reference_value(row: PairRow, method: str, source: str, table: dict) -> str:
     figure = table.get(row.pair, {}).get(method)
-    return f"{figure.top1:.2f}" if figure is not None and figure.source == source else ""
+    return f"{figure.value:.2f}" if figure is not None and figure.source == source else ""
 
 
 def _escape(text: str) -> str:
@@ -66,9 +83,10 @@ def render_markdown(board: Leaderboard, reference: Sequence[ReferenceFigure] = (
         ref_columns = _reference_columns(rows, reference)
         for _, source in ref_columns:
             sources.setdefault(source, len(sources) + 1)
-        header = ["Teacher", "Student", "Teacher acc.", "Vanilla"] + [_escape(c) for c in columns]
-        header += [f"{method} (published) [{sources[source]}]" for method, source in ref_columns]
-        lines.append(f"## {dataset}: {_METRIC_TITLE[board.metric]} (%), mean ± std (n seeds), columns by {grouping}")
+        name = board.metric_name([dataset])
+        header = ["Teacher", "Student", _teacher_header(name), "Vanilla"] + [_escape(c) for c in columns]
+        header += [f"{_reference_header(method)} (published) [{sources[source]}]" for method, source in ref_columns]
+        lines.append(f"## {dataset}: {metric_title(board.metric, name)} (%), mean ± std (n seeds), columns by {grouping}")
         lines.append("")
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join([":--", ":--"] + ["--:"] * (len(header) - 2)) + "|")
@@ -87,19 +105,26 @@ def render_markdown(board: Leaderboard, reference: Sequence[ReferenceFigure] = (
 
 
 def render_csv(board: Leaderboard, reference: Sequence[ReferenceFigure] = ()) -> str:
-    """One CSV for all datasets; reference columns exist only if some shown pair has figures."""
+    """One CSV for all datasets; reference columns exist only if some shown pair has figures.
+
+    Classification alone keeps the ``teacher_acc`` column; a board with segmentation runs
+    names it ``teacher_miou`` (segmentation alone), or adds a ``metric`` column (both)."""
     table = reference_by_pair(list(reference))
     columns = board.columns_for(board.rows)
     ref_columns = _reference_columns(board.rows, reference)
+    name = board.metric_name()
+    mixed = " / " in name
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    teacher_column = {"top-1": "teacher_acc", "mIoU": "teacher_miou"}.get(name, "teacher_value")
     writer.writerow(
-        ["dataset", "teacher", "student", "teacher_acc", VANILLA, *columns]
+        ["dataset"] + (["metric"] if mixed else []) + ["teacher", "student", teacher_column, VANILLA, *columns]
         + [f"{method} (published: {source})" for method, source in ref_columns]
     )
     for row in board.rows:
         writer.writerow(
-            [row.dataset, row.teacher, row.student, format_cell(row.teacher_cell), format_cell(row.cells.get(VANILLA))]
+            [row.dataset] + ([board.metric_name([row.dataset])] if mixed else [])
+            + [row.teacher, row.student, format_cell(row.teacher_cell), format_cell(row.cells.get(VANILLA))]
             + [format_cell(row.cells.get(column)) for column in columns]
             + [_reference_value(row, m, s, table) for m, s in ref_columns]
         )
@@ -135,11 +160,14 @@ def summary_line(comparisons: Sequence[MethodComparison], a: str, b: str) -> str
     )
 
 
-def render_comparison_markdown(comparisons: Sequence[MethodComparison], a: str, b: str, metric: str = "best") -> str:
+def render_comparison_markdown(
+    comparisons: Sequence[MethodComparison], a: str, b: str, metric: str = "best", metric_name: str = "top-1"
+) -> str:
+    """``metric``: best or last; ``metric_name``: what the values measure (top-1, mIoU)."""
     confidence = next((c.result.confidence for c in comparisons if c.result is not None), 0.95)
     level = f"{confidence * 100:g}%"
     lines = [
-        f"## {_escape(a)} vs {_escape(b)}: {_METRIC_TITLE.get(metric, metric)}, paired by seed",
+        f"## {_escape(a)} vs {_escape(b)}: {metric_title(metric, metric_name)}, paired by seed",
         "",
         f"| Dataset | Teacher | Student | n | Mean diff | Std diff | {level} CI | MDD (80% power) | p (two-sided) | Verdict | Note |",
         "|:--|:--|:--|--:|--:|--:|--:|--:|--:|:--|:--|",

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Segmentation on Fashion-MNIST scenes, CPU only, in phases:
+#
+#   bash scripts/fashion_mnist_scenes_study.sh teacher   # the DeepLabV3 CIFAR-ResNet14x2 teacher (once)
+#   bash scripts/fashion_mnist_scenes_study.sh pilot     # vanilla, pixel KD and CWD students, seeds 100-101
+#   bash scripts/fashion_mnist_scenes_study.sh report    # the mIoU leaderboard of the pilot, with the teacher
+#
+# Every phase can be run again: a finished run is skipped, an interrupted one resumed. Runs land
+# in ./output/fmnist_scenes (the teacher) and ./output/fmnist_scenes_pilot (the students). The
+# pre-registered study (issue 22, item 7) adds its phases here, after the pilot has sized it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] || source scripts/install.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+C=configs/fashion_mnist_scenes
+S="python3 tools/sweep.py"
+phase=${1:?"usage: $0 teacher|pilot|report"}
+case "$phase" in
+  teacher)  # every student config reads output/fmnist_scenes/teacher_r14x2/student_best
+    t=output/fmnist_scenes/teacher_r14x2
+    if ! grep -q '"complete": true' $t/summary.json 2>/dev/null; then
+      resume=""; [ -f $t/latest ] && resume="--resume"
+      python3 tools/train.py --cfg $C/teacher/r14x2.yaml $resume
+    fi ;;
+  pilot)  # the teacher must exist first
+    [ -f output/fmnist_scenes/teacher_r14x2/student_best ] || { echo "error: run the teacher phase first" >&2; exit 2; }
+    $S --seeds 100 101 --cfg $C/vanilla/r14x2_r8.yaml $C/pixel_kd/r14x2_r8.yaml $C/cwd/r14x2_r8.yaml \
+      LOG.PREFIX ./output/fmnist_scenes_pilot ;;
+  report)
+    python3 tools/leaderboard.py output/fmnist_scenes/teacher_r14x2 output/fmnist_scenes_pilot ;;
+  *) echo "error: unknown phase '$phase'; expected teacher|pilot|report" >&2; exit 2 ;;
+esac
