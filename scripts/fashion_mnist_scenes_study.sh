@@ -2,7 +2,7 @@
 # Segmentation on Fashion-MNIST scenes, CPU only, in phases:
 #
 #   bash scripts/fashion_mnist_scenes_study.sh teacher   # the DeepLabV3 CIFAR-ResNet14x2 teacher (once)
-#   bash scripts/fashion_mnist_scenes_study.sh pilot     # vanilla, pixel KD and CWD students, seeds 100-101
+#   bash scripts/fashion_mnist_scenes_study.sh pilot     # vanilla, pixel KD, ICKD+KD, CWD, ICKD+CWD students, seeds 100-101
 #   bash scripts/fashion_mnist_scenes_study.sh report    # the mIoU leaderboard of the pilot, with the teacher
 #
 # Every phase can be run again: a finished run is skipped, an interrupted one resumed. Runs land
@@ -24,7 +24,8 @@ case "$phase" in
     fi ;;
   pilot)  # the teacher must exist first
     [ -f output/fmnist_scenes/teacher_r14x2/student_best ] || { echo "error: run the teacher phase first" >&2; exit 2; }
-    $S --seeds 100 101 --cfg $C/vanilla/r14x2_r8.yaml $C/pixel_kd/r14x2_r8.yaml $C/cwd/r14x2_r8.yaml \
+    $S --seeds 100 101 --cfg $C/vanilla/r14x2_r8.yaml $C/pixel_kd/r14x2_r8.yaml $C/ickd_kd/r14x2_r8.yaml \
+      $C/cwd/r14x2_r8.yaml $C/ickd_cwd/r14x2_r8.yaml \
       LOG.PREFIX ./output/fmnist_scenes_pilot ;;
   report)
     python3 tools/leaderboard.py output/fmnist_scenes/teacher_r14x2 output/fmnist_scenes_pilot ;;

@@ -258,3 +258,24 @@ def test_tiny_dense_training_lowers_the_loss() -> None:
     # 0.8x the first value (about 1.09) is far from both.
     assert last < 0.8 * first, (first, last)
     assert set(distiller.diagnostics()) >= {"picd_to_base", "pos_sim", "picd_max_weight"}
+
+
+@pytest.mark.parametrize("name, base", [("ickd_kd", "PIXEL_KD"), ("ickd_cwd", "CWD")])
+def test_scenes_configs_build_dense_ickd_on_the_host_models(name: str, base: str) -> None:
+    from harness_utils import REPO
+    from kdharness.compose import load_config
+    from kdharness.models import create_model
+    from kdharness.registry import distiller_dict
+
+    cfg = load_config(str(REPO / "configs" / "fashion_mnist_scenes" / name / "r14x2_r8.yaml"), [])
+    assert cfg.DISTILLER.TYPE == "ICKD" and cfg.ICKD.BASE == base and cfg.DATASET.TASK == "segmentation"
+    student = create_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, 11)
+    teacher = create_model(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE, 11)
+    distiller = distiller_dict["ICKD"](student, teacher, cfg)
+    assert isinstance(distiller, DenseICKD) and type(distiller.base).__name__ != "ICKD"
+    # the host models keep the contract dense ICKD reads: decoder features the classifier maps to the logits
+    image = torch.randn(2, 3, 64, 64)
+    logits, feats = teacher.eval()(image)
+    resized = F.interpolate(teacher.get_dense_classifier()(feats["decoder"]), size=(64, 64), mode="bilinear",
+                            align_corners=False)
+    torch.testing.assert_close(resized, logits, rtol=1e-4, atol=1e-4)
