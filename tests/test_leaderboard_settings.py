@@ -175,3 +175,23 @@ def test_column_labels():
     a, b, c = {"K": 8, "B": 1}, {"K": 32, "B": 1}, {"K": 8, "B": 2}
     assert column_labels("M", [a, b, c]) == ["M", "M [K=32]", "M [B=2]"]
     assert column_labels("M", [a, b]) == ["M [K=8]", "M [K=32]"]
+
+
+def test_a_run_from_before_a_key_existed_joins_the_group_of_its_default(tmp_path, capsys):
+    # What the converged study met: ICKD.SIMILARITY was added while its cosine runs went on, so
+    # some lack the key; without the defaults they matched the centred group as well.
+    old = _config(DISTILLER__TYPE="ICKD")
+    del old["ICKD"]["SIMILARITY"]
+    for seed in (0, 1):
+        run(tmp_path, "ickd_kd", "ICKD+KD", seed, 80.0 + seed, ICKD=dict(old["ICKD"]), DISTILLER__TYPE="ICKD")
+    run(tmp_path, "ickd_kd", "ICKD+KD", 2, 82.0, DISTILLER__TYPE="ICKD")
+    for seed in (0, 1, 2):
+        run(tmp_path, "ickd_kd_centered", "ICKD+KD", seed, 90.0 + seed, ICKD__SIMILARITY="centered", DISTILLER__TYPE="ICKD")
+    summaries, _ = load_summaries([str(tmp_path)], defaults={"ICKD.SIMILARITY": "cosine"})
+    cells = aggregate(summaries).rows[0].cells
+    assert {label: cell.values for label, cell in cells.items()} == {
+        "ICKD+KD [ICKD.SIMILARITY=centered]": [90.0, 91.0, 92.0], "ICKD+KD [ICKD.SIMILARITY=cosine]": [80.0, 81.0, 82.0]}
+    # the tool passes today's defaults
+    leaderboard = load_tool("leaderboard")
+    assert leaderboard.main([str(tmp_path), "--no-reference"]) == 0
+    assert "81.00 ± 1.00 (3)" in capsys.readouterr().out

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.cost or args.diagnostics) and args.format != "markdown":
         parser.error("--cost and --diagnostics print Markdown only; leave out --format")
     try:
-        summaries, warnings = load_summaries(args.run_dirs, include_skipped=args.include_skipped)
+        summaries, warnings = load_summaries(args.run_dirs, include_skipped=args.include_skipped,
+                                             defaults=default_settings())
         reference = [] if args.no_reference else load_reference(args.reference)
     except (FileNotFoundError, ReferenceDataError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -156,6 +157,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"wrote {args.curves}", file=sys.stderr)
     return 0
+
+
+def default_settings() -> dict:
+    """The settings of today's default config, plugins' nodes included: what a run recorded
+    before a key existed trained with (`load_summaries`)."""
+    from kdharness.compose import load_builtin_components, load_plugins
+    from kdharness.config import CFG
+    from kdharness.results.settings import settings_from_config
+
+    load_builtin_components()
+    load_plugins()
+    return settings_from_config(CFG.dump())  # as YAML, the form a summary records (lists, not tuples)
 
 
 def _emit(text: str, output: str | None) -> int:

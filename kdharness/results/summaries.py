@@ -20,7 +20,7 @@ import re
 
 import yaml
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from kdharness.config import flatten_config
@@ -245,11 +245,17 @@ def read_summary(path: str) -> RunSummary:
     return RunSummary.from_dict(data, path)
 
 
-def load_summaries(paths: Iterable[str], include_skipped: bool = False) -> tuple[list[RunSummary], list[str]]:
+def load_summaries(
+    paths: Iterable[str], include_skipped: bool = False, defaults: Mapping[str, Any] | None = None
+) -> tuple[list[RunSummary], list[str]]:
     """Complete run summaries under `paths`, and one warning per file left out and why.
 
     A run that skipped steps for a non-finite loss trained on less than its config says
-    (and may have diverged): it is left out unless `include_skipped`.
+    (and may have diverged): it is left out unless `include_skipped`. `defaults` (settings of
+    the current default config, `settings_from_config(CFG)`) fill the keys a run's recorded
+    config lacks because they were added to the harness after it ran: it trained with their
+    default. Without them such a run would match runs with any value of the key, and could be
+    averaged with runs that set it otherwise.
     """
     summaries: list[RunSummary] = []
     warnings: list[str] = []
@@ -271,6 +277,10 @@ def load_summaries(paths: Iterable[str], include_skipped: bool = False) -> tuple
                 "(SOLVER.NAN_POLICY skip); rank it anyway with --include-skipped"
             )
             continue
+        if defaults and summary.settings:
+            missing = {key: value for key, value in defaults.items() if key not in summary.settings}
+            if missing:
+                summary = replace(summary, settings={**missing, **summary.settings})
         summaries.append(summary)
     return summaries, warnings
 
