@@ -61,10 +61,12 @@ case "$phase" in
     L="python3 tools/leaderboard.py"
     D=docs/results
     $L ./output/fmnist_converged_pilot --no-reference --compare KD vanilla --curves $D/fashion_mnist_converged_pilot.png
-    $L $OUT --no-reference --plot $D/fashion_mnist_converged.png --curves $D/fashion_mnist_converged_curves.png
+    $L $OUT ./output/fmnist_converged_pilot/fmnist_converged/vanilla_res8,* --no-reference --plot $D/fashion_mnist_converged.png --curves $D/fashion_mnist_converged_curves.png
     for metric in best last; do
-      $L $OUT --metric $metric --compare ICKD+KD KD --compare ICKD+DKD DKD --compare KD LS --compare ICKD+KD LS \
-        --compare "ICKD+KD (ICKD.SIMILARITY centered)" ICKD+KD
+      $L $OUT --metric $metric --compare "ICKD+KD [ICKD.SIMILARITY=cosine]" KD --compare KD LS \
+        --compare "ICKD+KD [ICKD.SIMILARITY=cosine]" LS \
+        --compare "ICKD+KD [ICKD.SIMILARITY=centered]" "ICKD+KD [ICKD.SIMILARITY=cosine]"
+      $L $OUT --metric $metric --compare ICKD+DKD DKD || echo "(ICKD+DKD vs DKD: not all its runs are there yet)"
     done
     $L $OUT --diagnostics
     $L $OUT --cost ;;
