@@ -57,3 +57,29 @@ def run_config(cfg_path: str | os.PathLike, opts: Sequence[str], resume: bool = 
     cfg = load_config(str(cfg_path), list(opts))
     trainer = build_trainer(cfg, list(opts), device="cpu")
     return trainer.train(resume=resume)
+
+
+def sigkill_at_mid_epoch_checkpoint(proc, latest: Path, timeout: float = 120.0) -> tuple[int, int]:
+    """Watch `latest` of the training process `proc` and `kill -9` it as soon as a checkpoint
+    written in the middle of an epoch appears; returns that checkpoint's (epoch, step)."""
+    import signal
+    import time
+
+    from kdharness.engine.checkpoint import load_checkpoint
+
+    deadline, killed_at = time.time() + timeout, None
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists():
+            try:
+                state = load_checkpoint(str(latest))
+            except Exception:  # caught between a write and its rename, or half written: look again
+                state = None
+            if state and state["step_in_epoch"] > 0:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = (state["epoch"], state["step_in_epoch"])
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert killed_at is not None, f"never saw a mid-epoch checkpoint: {proc.stderr.read().decode()[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    return killed_at

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import torch
 import yaml
 
 from fixtures_data import write_fashion_mnist_fixture
-from harness_utils import REPO, run_config
+from harness_utils import REPO, run_config, sigkill_at_mid_epoch_checkpoint
 from kdharness.engine.checkpoint import load_checkpoint
 from kdharness.results import aggregate, load_reference, load_summaries, render_csv, render_markdown
 
@@ -127,21 +125,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(fashion_root, c
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # same summation order
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = Path(straight["log_path"].replace(str(tmp_path / "a"), str(tmp_path / "b"))) / "latest"
-    deadline, killed_at = time.time() + 120, None
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists():
-            try:
-                state = load_checkpoint(str(latest))
-            except Exception:
-                state = None
-            if state and state["step_in_epoch"] > 0:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = (state["epoch"], state["step_in_epoch"])
-                break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
-    assert killed_at is not None, f"never saw a mid-epoch checkpoint: {proc.stderr.read().decode()[-2000:]}"
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_at_mid_epoch_checkpoint(proc, latest)
 
     resumed = run_config(configs["vanilla"], opts, resume=True)
     assert [h["test_miou"] for h in resumed["history"]] == [h["test_miou"] for h in straight["history"]]

@@ -7,10 +7,8 @@ initialised networks saved as mdistiller saves its teachers, so the whole path a
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch
 import yaml
 
 from fixtures_data import write_cifar100_fixture, write_fashion_mnist_fixture
-from harness_utils import REPO, TINY_CIFAR, run_config, write_teacher_checkpoint
+from harness_utils import REPO, TINY_CIFAR, run_config, sigkill_at_mid_epoch_checkpoint, write_teacher_checkpoint
 from kdharness.compose import load_config
 from kdharness.engine.checkpoint import load_checkpoint
 
@@ -128,22 +126,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(fashion_fixture
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = Path(straight["log_path"].replace(str(tmp_path / "a"), str(tmp_path / "b"))) / "latest"
-    deadline = time.time() + 120
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists():
-            try:
-                state = load_checkpoint(str(latest))
-            except Exception:
-                state = None
-            if state and state["step_in_epoch"] > 0:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = (state["epoch"], state["step_in_epoch"])
-                break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
-    assert killed_at is not None, f"never saw a mid-epoch checkpoint: {proc.stderr.read().decode()[-2000:]}"
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_at_mid_epoch_checkpoint(proc, latest)
 
     resumed = run_config(RESUME_CFG, opts, resume=True)
     assert [h["test_acc"] for h in resumed["history"]] == [h["test_acc"] for h in straight["history"]]
