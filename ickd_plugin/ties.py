@@ -66,8 +66,9 @@ def find_tie_groups(features: torch.Tensor, start: int = 0) -> tuple[torch.Tenso
     # gloo cannot gather 16-bit integers: widen (exactly) for the exchange, narrow back after.
     bits = all_gather_rows(narrow.int() if narrow.element_size() < 4 else narrow).to(narrow.dtype)
     if rows.numel() == 0:
-        empty = torch.empty(0, dtype=torch.long, device=device)
-        return empty, empty, features.new_empty((0, features.shape[1]))
+        # distinct tensors: a module's buffers that are one object are listed once (named_buffers)
+        return (torch.empty(0, dtype=torch.long, device=device), torch.empty(0, dtype=torch.long, device=device),
+                features.new_empty((0, features.shape[1])))
     rows, order = rows.sort()
     bits = bits[order]
     _, group, sizes = torch.unique(bits, dim=0, return_inverse=True, return_counts=True)

@@ -162,3 +162,15 @@ def _cfg(root: Path, download: bool):
     cfg.DATASET.ROOT = str(root / "data")
     cfg.DATASET.DOWNLOAD = download
     return cfg
+
+
+def test_a_run_name_too_long_for_the_file_system_is_shortened_keeping_the_seed():
+    from kdharness.engine.build import MAX_RUN_NAME_BYTES, shorten_run_name
+    from kdharness.results.summaries import strip_seed
+
+    long = "kd_res14_res8,DISTILLER.TEACHER_WEIGHTS:" + "_tmp_deep" * 40 + "_teacher.pth"
+    names = [shorten_run_name(f"{long},EXPERIMENT.SEED:{seed}") for seed in (0, 1)]
+    assert all(len(n.encode()) <= MAX_RUN_NAME_BYTES for n in names)
+    assert names[0].endswith(",EXPERIMENT.SEED:0") and strip_seed(names[0]) == strip_seed(names[1])
+    assert shorten_run_name(long + "x") != shorten_run_name(long)  # another configuration, another directory
+    assert shorten_run_name("kd,SOLVER.EPOCHS:3") == "kd,SOLVER.EPOCHS:3"

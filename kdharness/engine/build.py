@@ -5,8 +5,10 @@ user's command line does.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
+import re
 import tempfile
 from typing import Any, Sequence
 
@@ -38,7 +40,25 @@ def experiment_name(cfg, opts: Sequence[str] = ()) -> str:
     ]
     if extra:
         name += "," + ",".join(extra)
-    return os.path.join(cfg.EXPERIMENT.PROJECT, name)
+    return os.path.join(cfg.EXPERIMENT.PROJECT, shorten_run_name(name))
+
+
+# File systems refuse a name over 255 bytes; overrides holding paths reach that quickly.
+MAX_RUN_NAME_BYTES = 200
+_SEED_PART = re.compile(r",EXPERIMENT\.SEED:[^,]*")
+
+
+def shorten_run_name(name: str) -> str:
+    """`name`, or when longer than MAX_RUN_NAME_BYTES its head, ``~`` and a hash of the whole
+    name without the seed, then the seed override: every seed of one configuration still
+    shares one label (``strip_seed``), and two configurations never share a directory."""
+    if len(name.encode()) <= MAX_RUN_NAME_BYTES:
+        return name
+    seed = "".join(_SEED_PART.findall(name))
+    rest = _SEED_PART.sub("", name)
+    digest = hashlib.sha1(rest.encode()).hexdigest()[:12]
+    head = rest.encode()[: MAX_RUN_NAME_BYTES - len(seed.encode()) - 14].decode(errors="ignore")
+    return f"{head}~{digest}{seed}"
 
 
 def teacher_requirement(cfg) -> str:
