@@ -51,7 +51,7 @@ def query_contexts(
     """
     rows = rows.to(bank.features.device).long()
     found = retrieve(
-        bank.features[rows].float(), bank.labels[rows], *_exclusion(bank, rows), bank.features, bank.inv_norms,
+        bank.features[rows].float(), bank.labels[rows], _excluded(bank, rows), bank.features, bank.inv_norms,
         bank.class_rows, k, n, all_same_class=all_same_class, center=bank.similarity_center, ties=bank.ties,
         row_groups=_row_groups(bank),
     )
@@ -93,7 +93,7 @@ def hard_negative_counts(
         chunk = rows[start : start + batch_size]
         labels = bank.labels[chunk]
         found = retrieve(
-            bank.features[chunk].float(), labels, *_exclusion(bank, chunk), bank.features, bank.inv_norms,
+            bank.features[chunk].float(), labels, _excluded(bank, chunk), bank.features, bank.inv_norms,
             bank.class_rows, 1, n, center=bank.similarity_center, ties=bank.ties, row_groups=_row_groups(bank),
         )
         pairs = labels[:, None] * num_classes + bank.labels[found.neg_rows]
@@ -107,10 +107,11 @@ def _row_groups(bank: MemoryBank) -> torch.Tensor | None:
     return image_ids if image_ids is not None and image_ids.numel() else None
 
 
-def _exclusion(bank: MemoryBank, rows: torch.Tensor) -> tuple[torch.Tensor]:
-    """What a bank row used as a query excludes from its positives: itself, or its image's pixels."""
+def _excluded(bank: MemoryBank, rows: torch.Tensor) -> torch.Tensor:
+    """`retrieve`'s ``self_rows`` for bank rows used as queries: the rows themselves, or (a dense
+    bank, with `_row_groups`) their images, whose pixels are then all excluded."""
     groups = _row_groups(bank)
-    return (rows if groups is None else groups[rows],)
+    return rows if groups is None else groups[rows]
 
 
 def mark_pixel(image: Any, pixel: int, grid: tuple[int, int], colour: tuple[int, int, int] = (255, 0, 0)) -> Any:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ickd_plugin.config import ICKDOptions, parse_dense_config
 from ickd_plugin.dense_bank import DenseMemoryBank, extract_pixel_features, labels_at, sample_pixels
-from ickd_plugin.diagnostics import step_diagnostics
+from ickd_plugin.diagnostics import NAMES, step_diagnostics
 from ickd_plugin.distiller import ICKD
 from ickd_plugin.losses import warmup_factor
 from ickd_plugin.memory_bank import describe_bank, report
@@ -115,7 +115,8 @@ class DenseICKD(ICKD):
         if query.shape[0] == 0:  # no labelled pixel in the whole batch: nothing to distil in context
             zero = logits_student.sum() * 0.0
             loss_picd = loss_nicd = zero
-            self._context_stats = torch.full((5,), float("nan"), device=logits_student.device)
+            # context_statistics' entries (NAMES after the two loss ratios), undefined this step
+            self._context_stats = torch.full((len(NAMES) - 2,), float("nan"), device=logits_student.device)
         else:
             own_logits = F.linear(query, linear.weight, linear.bias)
             loss_picd, loss_nicd = self.in_context_losses(query, labels, groups, student_at, own_logits, linear)
@@ -137,8 +138,8 @@ class DenseICKD(ICKD):
         size = tuple(decoder.shape[-2:])
         small = labels_at(target.to(decoder.device), size)
         student = F.interpolate(logits_student, size=size, mode="bilinear", align_corners=False).flatten(2)
-        feats, flat_decoder = [], decoder.flatten(2)
-        labels, groups, logits = [], [], []
+        flat_decoder = decoder.flatten(2)
+        feats, labels, groups, logits = [], [], [], []
         for b in range(decoder.shape[0]):
             present = torch.unique(small[b])
             present = present[(present >= 0) & (present != 255)]
