@@ -132,21 +132,27 @@ class DenseICKD(ICKD):
         student logits there [M, C], with their graph).
 
         Per image, ``QUERY_PIXELS // classes present`` (at least 1) pixels of each class present
-        in the label map at the decoder's resolution, drawn with the global RNG (so a resumed
-        run draws the same ones).
+        in the label map at the decoder's resolution and in the bank, drawn with the global RNG
+        (so a resumed run draws the same ones).
         """
         size = tuple(decoder.shape[-2:])
         small = labels_at(target.to(decoder.device), size)
         student = F.interpolate(logits_student, size=size, mode="bilinear", align_corners=False).flatten(2)
         flat_decoder = decoder.flatten(2)
+        bank_has = self.bank.class_rows[:, 0] >= 0
+        num_classes = bank_has.shape[0]
         feats, labels, groups, logits = [], [], [], []
         for b in range(decoder.shape[0]):
             present = torch.unique(small[b])
             present = present[(present >= 0) & (present != 255)]
+            # a class the bank never sampled (visible only in this augmented view) has no context
+            present = present[(present < num_classes) & (bank_has[present.clamp(0, num_classes - 1)])]
             if present.numel() == 0:
                 continue
             per_class = max(1, self.dense_opts.query_pixels // present.numel())
             pixels, classes = sample_pixels(small[b], per_class)
+            keep = (classes < num_classes) & bank_has[classes.clamp(max=num_classes - 1)]
+            pixels, classes = pixels[keep], classes[keep]
             feats.append(flat_decoder[b][:, pixels].t())
             logits.append(student[b][:, pixels].t())
             labels.append(classes)

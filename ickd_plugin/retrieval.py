@@ -237,33 +237,69 @@ def retrieve(
     row_groups [R]: when given, `self_rows` holds a group id per query and every bank row of
     that group is excluded from its positives (a dense bank: every sampled pixel of the
     query's own image), instead of the one row.
-    The caller guarantees K <= (smallest class size - 1) and N <= (smallest other-class
-    count), see `MemoryBank.check_capacity`.
+    The caller guarantees that every query's class has bank rows, K <= (smallest class size - 1)
+    and N <= (smallest other-class count), see `MemoryBank.check_capacity`.
     """
     num_rows = bank.shape[0]
     chunk = auto_chunk_size(queries.shape[0], num_rows, chunk_size)
     q, offset = prepare_queries(queries, bank.dtype, center)
     tie_sim = None if ties is None or ties.member_rows.numel() == 0 else chunk_similarity(q, offset, ties.features, ties.inv_norms)
     pos_cols = class_rows[labels]  # [B, M]
+    padding = pos_cols < 0
+    # Padding points at the class's first row: a row of the own class, so it can be gathered
+    # from and masked as the own class without a test (a class the bank lacks, which callers
+    # never query, would point at row 0 rather than fail).
+    pos_cols = torch.where(padding, pos_cols[:, :1].clamp(min=0), pos_cols)
     if row_groups is None:
-        pos_valid = (pos_cols >= 0) & (pos_cols != self_rows[:, None])
+        pos_valid = ~padding & (pos_cols != self_rows[:, None])
     else:
-        pos_valid = (pos_cols >= 0) & (row_groups[pos_cols.clamp(min=0)] != self_rows[:, None])
-    pos_sim = torch.full(pos_cols.shape, float("-inf"), device=queries.device)
+        pos_valid = ~padding & (row_groups[pos_cols] != self_rows[:, None])
+    if chunk >= num_rows:  # one block (the usual case): its columns are the bank rows
+        sim = _similarity_block(q, offset, bank, bank_inv_norms, 0, num_rows, tie_sim, ties)
+        pos_sim = sim.gather(1, pos_cols).masked_fill_(~pos_valid, float("-inf"))
+        neg_sim, neg_row = exact_topk(sim.scatter_(1, pos_cols, float("-inf")), n)
+    else:
+        pos_sim, neg_sim, neg_row = _chunked_scan(q, offset, bank, bank_inv_norms, pos_cols, pos_valid, n, chunk,
+                                                  tie_sim, ties)
+    if all_same_class:
+        return Retrieval(pos_cols.masked_fill(padding, 0), pos_sim, pos_valid, neg_row, neg_sim)
+    top_sim, columns = exact_topk(pos_sim, k)
+    return Retrieval(pos_cols.gather(1, columns), top_sim, None, neg_row, neg_sim)
+
+
+def _similarity_block(
+    q: torch.Tensor, offset: torch.Tensor | None, bank: torch.Tensor, bank_inv_norms: torch.Tensor,
+    start: int, stop: int, tie_sim: torch.Tensor | None, ties: TieGroups | None,
+) -> torch.Tensor:
+    """Similarities ``[B, stop - start]`` to bank rows ``[start, stop)``; tie-group members get
+    their representative's value (computed once per step, `tie_sim`)."""
+    sim = chunk_similarity(q, offset, bank[start:stop], bank_inv_norms[start:stop])
+    if tie_sim is not None:
+        columns, groups = _tie_columns(ties, start, stop)
+        sim[:, columns] = tie_sim[:, groups]
+    return sim
+
+
+def _chunked_scan(
+    q: torch.Tensor, offset: torch.Tensor | None, bank: torch.Tensor, bank_inv_norms: torch.Tensor,
+    pos_cols: torch.Tensor, pos_valid: torch.Tensor, n: int, chunk: int,
+    tie_sim: torch.Tensor | None, ties: TieGroups | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`retrieve` over bank blocks of `chunk` rows: (positives' similarities [B, M], negatives'
+    Top-n similarities and rows [B, n]), one ``[B, chunk]`` block in memory at a time."""
+    num_rows = bank.shape[0]
+    pos_sim = torch.full(pos_cols.shape, float("-inf"), device=q.device)
     neg_values, neg_rows = [], []
     for start in range(0, num_rows, chunk):
         stop = min(start + chunk, num_rows)
-        sim = chunk_similarity(q, offset, bank[start:stop], bank_inv_norms[start:stop])
-        if tie_sim is not None:
-            columns, groups = _tie_columns(ties, start, stop)
-            sim[:, columns] = tie_sim[:, groups]
-        # The query's class rows that fall in this chunk, as columns of `sim` (others clamped).
+        sim = _similarity_block(q, offset, bank, bank_inv_norms, start, stop, tie_sim, ties)
+        # The query's class rows that fall in this block, as columns of `sim` (others clamped).
         own_in_chunk = (pos_cols >= start) & (pos_cols < stop)
         own_columns = (pos_cols - start).clamp_(0, stop - start - 1)
         pos_sim = torch.where(own_in_chunk & pos_valid, sim.gather(1, own_columns), pos_sim)
         # Negatives exclude the own class: -inf at those columns, set through the class table
         # (a [B, M_class] scatter, not a [B, chunk] label compare). amin with +inf leaves a
-        # column alone, so padding and other chunks' rows are harmless.
+        # column alone, so other blocks' rows are harmless.
         sim.scatter_reduce_(
             1, own_columns, torch.where(own_in_chunk, float("-inf"), float("inf")), reduce="amin"
         )
@@ -271,12 +307,7 @@ def retrieve(
         neg_values.append(values)
         neg_rows.append(columns + start)
     if len(neg_values) == 1:
-        neg_sim, neg_row = neg_values[0], neg_rows[0]
-    else:
-        candidates = torch.cat(neg_rows, dim=1)
-        neg_sim, columns = exact_topk(torch.cat(neg_values, dim=1), n, ids=candidates)
-        neg_row = candidates.gather(1, columns)
-    if all_same_class:
-        return Retrieval(pos_cols.clamp(min=0), pos_sim, pos_valid, neg_row, neg_sim)
-    top_sim, columns = exact_topk(pos_sim, k)
-    return Retrieval(pos_cols.gather(1, columns), top_sim, None, neg_row, neg_sim)
+        return pos_sim, neg_values[0], neg_rows[0]
+    candidates = torch.cat(neg_rows, dim=1)
+    neg_sim, columns = exact_topk(torch.cat(neg_values, dim=1), n, ids=candidates)
+    return pos_sim, neg_sim, candidates.gather(1, columns)

@@ -238,6 +238,26 @@ def test_a_step_matches_a_brute_force_computation() -> None:
     assert distiller.teacher.classifier.weight.grad is None  # and never the frozen teacher
 
 
+def test_a_class_the_bank_lacks_gets_no_query_pixel() -> None:
+    # an augmented view can show a class the bank never sampled (e.g. a sliver grown by scaling):
+    # its pixels have no in-context samples, so they are not queried (before: their positives were garbage)
+    distiller = make_dense()
+    trainer = make_trainer(distiller)
+    distiller.trainer_hooks()[0].before_train(trainer)
+    image, target, index = next(iter(trainer.train_loader))
+    bank, absent = distiller.bank, int(target[0, 4, 4])  # drop a class of the batch from the bank
+    keep = bank.labels != absent
+    bank.fill_pixels(bank.features[keep], bank.labels[keep], bank.image_ids[keep], bank.pixel_ids[keep], CLASSES, "cpu")
+    with torch.no_grad():
+        _, feats = distiller.teacher(image)
+        logits_student, _ = distiller.student(image)
+    query, labels, groups, _ = distiller.query_pixels(feats["decoder"], target, index, logits_student)
+    assert (target == absent).any() and query.shape[0] > 0
+    assert absent not in labels.tolist()
+    found, _, _ = distiller.retrieve_context(query, labels, groups)
+    assert (bank.labels[found.pos_rows] == labels[:, None]).all()
+
+
 def test_tiny_dense_training_lowers_the_loss() -> None:
     distiller = make_dense(**{"SIMILARITY": "centered"})
     trainer = make_trainer(distiller)
