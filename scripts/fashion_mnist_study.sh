@@ -23,14 +23,8 @@ S="python3 tools/sweep.py"
 phase=${1:?"usage: $0 teacher|pilot|main|sensitivity|fig2|variants|paradigms|report"}
 case "$phase" in
   teacher)  # trained once (59 min on a busy 2-core VM); its weights are committed beside its summary
-    t=output/fmnist_study/teacher_res14 committed=docs/results/runs/fmnist_study/teacher_res14
-    if [ ! -f $t/student_best ] && [ -f $committed/student_best ]; then
-      mkdir -p $t && cp $committed/student_best $committed/summary.json $t/
-      echo "teacher: using the committed one ($committed); delete $t to train it again"
-    elif ! grep -q '"complete": true' $t/summary.json 2>/dev/null; then
-      resume=""; [ -f $t/latest ] && resume="--resume"
-      python3 tools/train.py --cfg $C/teacher/res14.yaml $resume
-    fi ;;
+    bash scripts/study_teacher.sh $C/teacher/res14.yaml output/fmnist_study/teacher_res14 \
+      docs/results/runs/fmnist_study/teacher_res14 ;;
   pilot)
     $S --seeds 100 101 102 103 --cfg $C/vanilla/res8.yaml $C/kd/res14_res8.yaml LOG.PREFIX ./output/fmnist_pilot ;;
   main)  # 8 seeds where the pre-registered comparisons need them, 5 for the rest (docs/results/fashion_mnist.md)
@@ -69,10 +63,6 @@ case "$phase" in
     for seed in 0 1 2 3 4; do $S --seeds $seed --cfg $C/ickd_online/res14_res8.yaml $C/dml/res14_res8.yaml; done ;;
   report)  # from the committed summaries (collect finished runs first: docs/results/fashion_mnist.md section 2);
     # the commands are listed once, in $C/report.txt, which tests/test_committed_results.py also reads
-    grep -v '^#' $C/report.txt | while IFS= read -r line; do
-      [ -n "$line" ] || continue
-      echo "==> ${line%%: *} <=="
-      eval "python3 tools/leaderboard.py ${line#*: }"
-    done ;;
+    bash scripts/run_report.sh $C/report.txt ;;
   *) echo "error: unknown phase '$phase'; expected teacher|pilot|main|sensitivity|fig2|variants|paradigms|report" >&2; exit 2 ;;
 esac
