@@ -395,6 +395,20 @@ def test_diagnostics_table_averages_the_last_epoch_per_cell(tmp_path, capsys):
     assert "| KD |" not in text
 
 
+def test_fit_table_gives_training_image_and_test_scores_at_the_last_evaluation(tmp_path, capsys):
+    # two KD runs evaluated on their training images (LOG.EVAL_TRAIN_SET); the last evaluation counts
+    for seed, (train, test) in enumerate([(92.0, 86.0), (94.0, 87.0)]):
+        history = [{"epoch": 1, "test_acc": 50.0, "train_eval_acc": 55.0}, {"epoch": 2, "test_acc": test, "train_eval_acc": train}]
+        write_summary(tmp_path, "kd", seed=seed, history=history)
+    write_summary(tmp_path, "vanilla", seed=0, method="vanilla", history=[{"epoch": 2, "test_acc": 80.0}])  # none: no row
+    assert load_tool("leaderboard").main([str(tmp_path), "--fit"]) == 0
+    text = capsys.readouterr().out
+    assert "| Dataset | Teacher | Student | Method | n | training images | test | gap |" in text
+    # means 93.00 and 86.50, sample std sqrt(2) = 1.41 and sqrt(0.5) = 0.71, gap 6.50
+    assert "| cifar100 | resnet32x4 | resnet8x4 | KD | 2 | 93.00 ± 1.41 | 86.50 ± 0.71 | 6.50 |" in text
+    assert "| vanilla |" not in text
+
+
 def test_views_exclude_each_other(tmp_path, capsys):
     write_summary(tmp_path, "kd")
     with pytest.raises(SystemExit):

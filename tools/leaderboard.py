@@ -6,9 +6,10 @@ the teacher, the vanilla student and the published figures: top-1 for classifica
 runs, mIoU for segmentation runs (each dataset's table says which). `--compare A B` answers
 "does A beat B beyond seed noise?" with a paired t analysis over seeds. `--sensitivity DIR`
 draws the paper's sensitivity figures from runs that differ from their config in one
-ICKD.* override, and prints their tables instead of the leaderboard. `--cost` and
-`--diagnostics` print, per leaderboard cell, the runs' wall time and their last-epoch
-diagnostics (ICKD's `picd_to_base`, `pos_sim`, ...).
+ICKD.* override, and prints their tables instead of the leaderboard. `--cost`,
+`--diagnostics` and `--fit` print, per leaderboard cell, the runs' wall time, their last-epoch
+diagnostics (ICKD's `picd_to_base`, `pos_sim`, ...) and how well they fit their own training
+images against the test set.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ EPILOG = """examples:
   python tools/leaderboard.py output/ --by label              # tell apart variants of one method
   python tools/leaderboard.py output/ --cost                  # wall time per cell
   python tools/leaderboard.py output/ --diagnostics           # ICKD's last-epoch diagnostics per cell
+  python tools/leaderboard.py output/ --fit                   # training-image vs test score (LOG.EVAL_TRAIN_SET runs)
   python tools/leaderboard.py output/ --sensitivity figures/  # figures/sensitivity_fig4.png, _fig5.png, ickd_all_fig2.png
 """
 
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--diagnostics", action="store_true",
                         help="print each cell's last-epoch diagnostics (ICKD: picd_to_base, pos_sim, ...), "
                              "mean over its runs, instead of the leaderboard")
+    parser.add_argument("--fit", action="store_true",
+                        help="print each cell's score on its own training images and on the test set at the last "
+                             "evaluation, and the gap (runs with LOG.EVAL_TRAIN_SET), instead of the leaderboard")
     parser.add_argument("--baseline", metavar="METHOD",
                         help="with --sensitivity: the method drawn as the baseline line (default: the ICKD.BASE "
                              "method of each sweep, vanilla for NONE, DML for online)")
@@ -88,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     views = [flag for flag, on in (("--compare/--compare-ickd", args.compare or args.compare_ickd),
                                    ("--sensitivity", args.sensitivity), ("--cost", args.cost),
-                                   ("--diagnostics", args.diagnostics)) if on]
+                                   ("--diagnostics", args.diagnostics), ("--fit", args.fit)) if on]
     if len(views) > 1:
         parser.error(f"{' and '.join(views)} each print their own view; give one")
-    if (args.cost or args.diagnostics) and args.format != "markdown":
-        parser.error("--cost and --diagnostics print Markdown only; leave out --format")
+    if (args.cost or args.diagnostics or args.fit) and args.format != "markdown":
+        parser.error("--cost, --diagnostics and --fit print Markdown only; leave out --format")
     try:
         summaries, warnings = load_summaries(args.run_dirs, include_skipped=args.include_skipped,
                                              defaults=default_settings())
@@ -105,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     board = aggregate(summaries, metric=args.metric, by=args.by)
     for message in warnings + board.warnings:
         print(f"warning: {message}", file=sys.stderr)
-    if args.cost or args.diagnostics:
-        from kdharness.results.run_facts import render_cost_markdown, render_diagnostics_markdown
+    if args.cost or args.diagnostics or args.fit:
+        from kdharness.results.run_facts import render_cost_markdown, render_diagnostics_markdown, render_fit_markdown
 
-        render = render_cost_markdown if args.cost else render_diagnostics_markdown
+        render = render_cost_markdown if args.cost else render_diagnostics_markdown if args.diagnostics else render_fit_markdown
         return _emit(render(board, summaries), args.output)
     if not board.rows:
         print(f"error: no complete run summaries under {', '.join(args.run_dirs)}", file=sys.stderr)

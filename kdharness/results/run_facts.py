@@ -1,9 +1,11 @@
-"""What a leaderboard cell cost and what its runs logged: wall time and last-epoch diagnostics.
+"""What a leaderboard cell cost and what its runs logged: wall time, last-epoch diagnostics, fit.
 
 The leaderboard says how well each method did; these tables say what it took (wall time per
 run, as each ``summary.json`` records it) and, for methods that log diagnostics (ICKD's
 ``picd_to_base``, ``pos_sim``, ... see docs/architecture.md), what the loss was doing at the
-end. They take the leaderboard's own grouping (`aggregate`), so a row here is a cell there,
+end; the fit table says how well the students fit their own training images at the last
+evaluation against the test set (runs with ``LOG.EVAL_TRAIN_SET``): a regulariser narrows
+that gap. They take the leaderboard's own grouping (`aggregate`), so a row here is a cell there,
 and a teacher run appears once, as ``teacher``.
 """
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 from statistics import median
 from typing import Iterable, Sequence
 
-from kdharness.results.stats import mean
+from kdharness.results.stats import mean, sample_std
 from kdharness.results.summaries import VANILLA, Leaderboard, RunSummary
 
-__all__ = ["render_cost_markdown", "render_diagnostics_markdown"]
+__all__ = ["render_cost_markdown", "render_diagnostics_markdown", "render_fit_markdown"]
 
 _HEAD = ["Dataset", "Teacher", "Student", "Method", "n"]
 
@@ -86,3 +88,29 @@ def render_diagnostics_markdown(board: Leaderboard, summaries: Sequence[RunSumma
         rows.append([*key, str(len(runs)), *cells])
     lines = ["## last-epoch diagnostics, mean over runs (summary.json `history[-1].diagnostics`)", ""]
     return "\n".join(lines + _table([*_HEAD, *names], rows)) + "\n"
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    std = sample_std(values)
+    return f"{mean(values):.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+
+def render_fit_markdown(board: Leaderboard, summaries: Sequence[RunSummary]) -> str:
+    """Per cell whose runs scored their own training images (``train_eval_acc``): at each run's
+    last evaluation, that score and the test score (mean ± std over runs), and the gap between
+    their means."""
+    by_path = {summary.path: summary for summary in summaries}
+    rows = []
+    for key, runs in _groups(board, by_path):
+        last = [run.curves[-1] for run in runs if run.curves and "train_eval_acc" in run.curves[-1]]
+        if not last:
+            continue
+        train = [point["train_eval_acc"] for point in last]
+        test = [point["test_acc"] for point in last]
+        rows.append([*key, str(len(last)), _mean_std(train), _mean_std(test), f"{mean(train) - mean(test):.2f}"])
+    if not rows:
+        return "_No complete run scored its training images (LOG.EVAL_TRAIN_SET)._\n"
+    metric = {run.metric for run in summaries}.pop() if len({run.metric for run in summaries}) == 1 else "score"
+    lines = [f"## fit at the last evaluation: {metric} on the run's own training images (no augmentation) and on the test set", ""]
+    lines += _table([*_HEAD, "training images", "test", "gap"], rows)
+    return "\n".join(lines) + "\n"
