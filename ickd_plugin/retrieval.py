@@ -109,6 +109,11 @@ def auto_chunk_size(num_queries: int, num_rows: int, chunk_size: int = 0) -> int
 # the block bounds the copy.
 CPU_UPCAST_BLOCK_ROWS = 4096
 
+# `retrieve` reads positives one class at a time once the [B, M] table of class rows would have
+# this many entries: the table's int64 gathers then cost more than a loop over the batch's
+# classes (`tools/bench.py --only retrieval --classes 11`, docs/performance.md section 3).
+BY_CLASS_MIN_ENTRIES = 1 << 22
+
 
 def native_half_product(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor | None:
     """``q @ bank.T`` on the device's half-precision matrix units, accumulated and returned in
@@ -226,6 +231,7 @@ def retrieve(
     center: torch.Tensor | None = None,
     ties: TieGroups | None = None,
     row_groups: torch.Tensor | None = None,
+    strategy: str = "auto",
 ) -> Retrieval:
     """Retrieve positives and negatives for a batch of queries.
 
@@ -237,6 +243,11 @@ def retrieve(
     row_groups [R]: when given, `self_rows` holds a group id per query and every bank row of
     that group is excluded from its positives (a dense bank: every sampled pixel of the
     query's own image), instead of the one row.
+    strategy: how positives are read, with identical results: "gather" (a ``[B, M]`` table of
+    each query's class rows, M the largest class), "by_class" (one class of queries at a time:
+    ``[B_c, M_c]`` selections; needs one similarity block and Top-K positives), or "auto":
+    by_class where it applies and ``B * M >= BY_CLASS_MIN_ENTRIES`` (few, large classes, e.g.
+    a dense bank's background), gather otherwise.
     The caller guarantees that every query's class has bank rows, K <= (smallest class size - 1)
     and N <= (smallest other-class count), see `MemoryBank.check_capacity`.
     """
@@ -244,6 +255,18 @@ def retrieve(
     chunk = auto_chunk_size(queries.shape[0], num_rows, chunk_size)
     q, offset = prepare_queries(queries, bank.dtype, center)
     tie_sim = None if ties is None or ties.member_rows.numel() == 0 else chunk_similarity(q, offset, ties.features, ties.inv_norms)
+    if strategy not in ("auto", "gather", "by_class"):
+        raise ValueError(f"retrieve: strategy = {strategy!r}; expected 'auto', 'gather' or 'by_class'")
+    one_block = chunk >= num_rows
+    if strategy == "auto":
+        big_tables = queries.shape[0] * class_rows.shape[1] >= BY_CLASS_MIN_ENTRIES
+        strategy = "by_class" if one_block and not all_same_class and big_tables else "gather"
+    if strategy == "by_class":
+        if not one_block or all_same_class:
+            raise ValueError("retrieve: strategy 'by_class' needs one similarity block and Top-K positives "
+                             "(not chunk_size < bank rows, not IC-KD-all)")
+        sim = _similarity_block(q, offset, bank, bank_inv_norms, 0, num_rows, tie_sim, ties)
+        return _retrieve_by_class(sim, labels, self_rows, class_rows, k, n, row_groups)
     pos_cols = class_rows[labels]  # [B, M]
     padding = pos_cols < 0
     # Padding points at the class's first row: a row of the own class, so it can be gathered
@@ -254,7 +277,7 @@ def retrieve(
         pos_valid = ~padding & (pos_cols != self_rows[:, None])
     else:
         pos_valid = ~padding & (row_groups[pos_cols] != self_rows[:, None])
-    if chunk >= num_rows:  # one block (the usual case): its columns are the bank rows
+    if one_block:  # the usual case: the block's columns are the bank rows
         sim = _similarity_block(q, offset, bank, bank_inv_norms, 0, num_rows, tie_sim, ties)
         pos_sim = sim.gather(1, pos_cols).masked_fill_(~pos_valid, float("-inf"))
         neg_sim, neg_row = exact_topk(sim.scatter_(1, pos_cols, float("-inf")), n)
@@ -311,3 +334,33 @@ def _chunked_scan(
     candidates = torch.cat(neg_rows, dim=1)
     neg_sim, columns = exact_topk(torch.cat(neg_values, dim=1), n, ids=candidates)
     return pos_sim, neg_sim, candidates.gather(1, columns)
+
+
+def _retrieve_by_class(
+    sim: torch.Tensor, labels: torch.Tensor, self_rows: torch.Tensor, class_rows: torch.Tensor, k: int, n: int,
+    row_groups: torch.Tensor | None,
+) -> Retrieval:
+    """`retrieve`'s strategy 'by_class' on the whole similarity block ``sim [B, R]``: for each class
+    c of the batch, its queries' rows of `sim` (a copy), their Top-K among c's rows (a ``[B_c, M_c]``
+    selection, own row or group masked) and Top-N after c's columns are set to -inf. The values
+    and tie-breaks are those of the gather strategy, so both give the same rows."""
+    num_queries = sim.shape[0]
+    pos_rows = labels.new_empty(num_queries, k)
+    pos_sim = sim.new_empty(num_queries, k)
+    neg_rows = labels.new_empty(num_queries, n)
+    neg_sim = sim.new_empty(num_queries, n)
+    sizes = (class_rows >= 0).sum(dim=1)
+    classes = torch.unique(labels)
+    for c, size in zip(classes.tolist(), sizes[classes].tolist()):
+        if size < k:
+            raise ValueError(f"retrieve: a query of class {c} needs K = {k} positives; the bank holds {size} rows of it")
+        queries = (labels == c).nonzero().squeeze(1)
+        rows = class_rows[c, :size]
+        block = sim.index_select(0, queries)
+        owners = rows if row_groups is None else row_groups.index_select(0, rows)
+        own = owners[None, :] == self_rows.index_select(0, queries)[:, None]
+        top, columns = exact_topk(block.index_select(1, rows).masked_fill_(own, float("-inf")), k)
+        pos_sim[queries], pos_rows[queries] = top, rows[columns]
+        top, columns = exact_topk(block.index_fill_(1, rows, float("-inf")), n)
+        neg_sim[queries], neg_rows[queries] = top, columns
+    return Retrieval(pos_rows, pos_sim, None, neg_rows, neg_sim)

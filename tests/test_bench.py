@@ -127,6 +127,11 @@ def test_retrieval_record_and_memory_accounting() -> None:
     assert bank_bytes(1_280_000, 2048, "fp16") == 5_242_880_000
     assert Case(1_280_000, 2048, 256, "fp16").num_classes == 1000 and aux_bytes(50_000, 100) > 0
     json.dumps(record)
+    # both ways of reading positives are timed; a dense-like bank (few classes) by its `classes`
+    dense = bench_retrieval(devices=["cpu"], grid={**grid, "dtypes": ("fp32",), "classes": (3,)}, warmup=0, repeats=1)
+    assert [case["num_classes"] for case in dense["cases"]] == [3, 3]
+    for case in dense["cases"]:
+        assert _positive(case["retrieve_gather_median_ms"]) and _positive(case["retrieve_by_class_median_ms"])
 
 
 def test_retrieval_skips_what_does_not_fit(monkeypatch) -> None:

@@ -25,9 +25,9 @@ def make_bank(num_rows: int, dim: int, num_classes: int, seed: int = 0) -> Memor
     return bank
 
 
-def run(bank: MemoryBank, queries, labels, self_rows, k, n, all_same_class=False, chunk_size=0):
+def run(bank: MemoryBank, queries, labels, self_rows, k, n, all_same_class=False, chunk_size=0, strategy="auto"):
     return retrieve(queries, labels, self_rows, bank.features, bank.inv_norms, bank.class_rows,
-                    k, n, all_same_class=all_same_class, chunk_size=chunk_size)
+                    k, n, all_same_class=all_same_class, chunk_size=chunk_size, strategy=strategy)
 
 
 def reference(bank: MemoryBank, query, label, self_row, k, n):
@@ -41,14 +41,14 @@ def reference(bank: MemoryBank, query, label, self_row, k, n):
     return order(same)[:k], order(other)[:n], sims
 
 
-@pytest.mark.parametrize("chunk_size", [0, 7, 50])
-def test_matches_brute_force(chunk_size: int) -> None:
+@pytest.mark.parametrize("chunk_size, strategy", [(0, "gather"), (7, "gather"), (50, "gather"), (0, "by_class")])
+def test_matches_brute_force(chunk_size: int, strategy: str) -> None:
     bank = make_bank(num_rows=60, dim=5, num_classes=4)
     queries = torch.randn(9, 5)
     self_rows = torch.tensor([0, 5, 11, -1, 30, 42, 59, 3, 17])
     labels = bank.labels[self_rows.clamp(min=0)]
     labels[3] = 2  # a query without a bank row
-    found = run(bank, queries, labels, self_rows, k=4, n=6, chunk_size=chunk_size)
+    found = run(bank, queries, labels, self_rows, k=4, n=6, chunk_size=chunk_size, strategy=strategy)
     for b in range(9):
         pos, neg, sims = reference(bank, queries[b], int(labels[b]), int(self_rows[b]), 4, 6)
         # Rows compared exactly: on this data adjacent candidate similarities differ by >= 6e-4,
@@ -84,12 +84,58 @@ def test_ties_broken_by_lower_row_whatever_the_chunking() -> None:
     queries = features[[2, 1, 1, 2]]
     labels_q = torch.tensor([0, 1, 0, 1])
     self_rows = torch.tensor([9, 4, -1, -1])
-    for chunk_size in (0, 1, 3, 4):
-        found = run(bank, queries, labels_q, self_rows, 2, 2, chunk_size=chunk_size)
+    for chunk_size, strategy in ((0, "gather"), (1, "gather"), (3, "gather"), (4, "gather"), (0, "by_class")):
+        found = run(bank, queries, labels_q, self_rows, 2, 2, chunk_size=chunk_size, strategy=strategy)
         assert found.pos_rows[0].tolist() == [2, 5]  # 2, 5, 7 tie at cosine 1
         assert found.pos_rows[1].tolist() == [1, 8]  # 1, 4, 8 tie; 4 is the query itself
         assert found.neg_rows[2].tolist() == [1, 4]
         assert found.neg_rows[3].tolist() == [2, 5]
+
+
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_both_strategies_give_the_same_rows_bit_for_bit(dtype: torch.dtype, centered: bool) -> None:
+    # few large classes, repeated rows (exact ties, also across classes), row groups as a dense bank's images
+    g = torch.Generator().manual_seed(7)
+    features = torch.randn(300, 6, generator=g).relu()
+    features[100:140] = features[:40]
+    labels = torch.randint(3, (300,), generator=g)
+    labels[:3] = torch.arange(3)
+    bank = MemoryBank(dtype, centered=centered)
+    bank.fill(features.to(dtype), labels, torch.arange(300), 3, "cpu")
+    groups = torch.arange(300) // 10
+    queries = torch.cat([features[:20] + 0.01 * torch.randn(20, 6, generator=g), torch.randn(44, 6, generator=g)])
+    query_labels, query_groups = torch.randint(3, (64,), generator=g), torch.randint(30, (64,), generator=g)
+    for row_groups, self_rows in ((None, torch.randint(-1, 300, (64,), generator=g)), (groups, query_groups)):
+        found = [retrieve(queries, query_labels, self_rows, bank.features, bank.inv_norms, bank.class_rows, 5, 7,
+                          center=bank.similarity_center, ties=bank.ties, row_groups=row_groups, strategy=strategy)
+                 for strategy in ("gather", "by_class")]
+        for name in ("pos_rows", "pos_sim", "neg_rows", "neg_sim"):
+            assert torch.equal(getattr(found[0], name), getattr(found[1], name)), name
+        assert (bank.labels[found[1].pos_rows] == query_labels[:, None]).all()
+        assert (bank.labels[found[1].neg_rows] != query_labels[:, None]).all()
+
+
+def test_strategy_is_chosen_by_table_size_and_checked(monkeypatch) -> None:
+    from ickd_plugin import retrieval
+
+    bank = make_bank(num_rows=60, dim=5, num_classes=4)
+    queries, labels, self_rows = torch.randn(4, 5), torch.tensor([0, 1, 2, 3]), torch.full((4,), -1)
+    calls = []
+    original = retrieval._retrieve_by_class
+    monkeypatch.setattr(retrieval, "_retrieve_by_class", lambda *args: calls.append(args) or original(*args))
+    run(bank, queries, labels, self_rows, 2, 2)
+    assert not calls  # a 4 x 20 table of class rows: gather
+    monkeypatch.setattr(retrieval, "BY_CLASS_MIN_ENTRIES", 4)
+    run(bank, queries, labels, self_rows, 2, 2)
+    assert len(calls) == 1
+    run(bank, queries, labels, self_rows, 2, 2, chunk_size=7)  # several blocks: gather
+    run(bank, queries, labels, self_rows, 2, 2, all_same_class=True)  # IC-KD-all: gather
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="strategy 'by_class' needs one similarity block"):
+        run(bank, queries, labels, self_rows, 2, 2, chunk_size=7, strategy="by_class")
+    with pytest.raises(ValueError, match="strategy = 'fast'"):
+        run(bank, queries, labels, self_rows, 2, 2, strategy="fast")
 
 
 def test_exact_topk_with_and_without_ids() -> None:

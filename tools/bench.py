@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bank-samples", type=int, default=None, help="samples of the bank-build benchmark (default 2048 CPU, 50000 GPU)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the bank-build benchmark")
     parser.add_argument("--retrieval-devices", default=None, help="comma-separated devices of the retrieval benchmark (default: cuda if present, and cpu)")
-    for name, example in (("sizes", "50000,1280000"), ("dims", "256,2048"), ("batches", "64,256"), ("dtypes", "fp32,fp16,bf16")):
+    for name, example in (("sizes", "50000,1280000"), ("dims", "256,2048"), ("batches", "64,256"), ("dtypes", "fp32,fp16,bf16"),
+                          ("classes", "11 for a dense bank; default 100 up to 100 000 rows, 1000 above")):
         parser.add_argument(f"--{name}", default=None, help=f"retrieval grid: replace the grid's {name} (e.g. {example})")
     parser.add_argument("--worlds", default=None, help="sharded benchmark: comma-separated world sizes (default 2,4; --quick 2,3)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 3 step / 1 others; --quick 1)")
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     args.grid_overrides = {}
-    for name in ("sizes", "dims", "batches", "dtypes"):
+    for name in ("sizes", "dims", "batches", "dtypes", "classes"):
         value = getattr(args, name)
         if value is None:
             continue
@@ -214,14 +215,17 @@ def print_retrieval(record: dict[str, Any]) -> None:
     rows = []
     for c in record["cases"]:
         rows.append([
-            c["device"], c["bank_size"], c["dim"], c["batch"], c["dtype"], _bytes(c["bank_bytes"]),
-            f"{c['retrieve_median_ms']:.2f}", f"{c['retrieve_iqr_ms']:.2f}", f"{c['matmul_median_ms']:.2f}",
+            c["device"], c["bank_size"], c["num_classes"], c["dim"], c["batch"], c["dtype"], _bytes(c["bank_bytes"]),
+            f"{c['retrieve_median_ms']:.2f}", f"{c['retrieve_iqr_ms']:.2f}", f"{c['retrieve_gather_median_ms']:.2f}",
+            "–" if c["retrieve_by_class_median_ms"] is None else f"{c['retrieve_by_class_median_ms']:.2f}",
+            f"{c['matmul_median_ms']:.2f}",
             f"{c['matmul_native_median_ms']:.2f}", f"{c['matmul_topk_median_ms']:.2f}", f"{c['matmul_tflops']:.3f}",
             f"{c['fraction_of_matmul']:.2f}",
             _bytes(c["peak_extra_bytes"]),
         ])
     print(format_table(
-        ["device", "bank M", "D", "B", "dtype", "bank", "retrieve ms", "IQR", "matmul ms", "native ms", "+topk ms",
+        ["device", "bank M", "classes", "D", "B", "dtype", "bank", "retrieve ms", "IQR", "gather ms", "by_class ms",
+         "matmul ms", "native ms", "+topk ms",
          "matmul TFLOP/s", "fraction", "peak extra"],
         rows,
     ))

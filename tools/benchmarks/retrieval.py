@@ -16,7 +16,15 @@ shape and dtype on the same device, timed in the same process and interleaved wi
   on a CPU without half-precision matrix units it shows why the upcast is used;
 * ``matmul+topk``: ``matmul`` plus ``torch.topk(N)`` per chunk: the least any top-N
   retrieval must do;
-* ``retrieve``: the plugin's function, exactly as the ICKD step calls it.
+* ``retrieve``: the plugin's function, exactly as the ICKD step calls it;
+* ``retrieve[gather]`` and ``retrieve[by_class]``: the same call with each way of reading the
+  positives forced (same rows, different cost: a ``[B, M]`` table of class rows, or one class
+  at a time; `retrieve` picks by the table's size). by_class only where it applies (one
+  similarity block).
+
+The grid's ``classes`` (optional) sets the number of classes; otherwise CIFAR-100-like banks
+get 100 and larger ones 1000. A dense (segmentation) bank is few classes with large ones:
+e.g. ``--sizes 64000 --dims 64 --batches 1024 --classes 11``.
 
 ``fraction_of_matmul = t(matmul) / t(retrieve)``: 1.0 means retrieval runs at the speed of
 the matmul it contains; 0.25 means three quarters of its time is spent elsewhere (masks,
@@ -67,10 +75,13 @@ class Case:
     dim: int
     batch: int
     dtype: str
+    classes: int = 0  # 0: by the bank's size (`num_classes`)
 
     @property
     def num_classes(self) -> int:
-        """CIFAR-100-like classes for a CIFAR-sized bank, ImageNet-like ones above."""
+        """`classes` if set, else CIFAR-100-like classes for a CIFAR-sized bank, ImageNet-like ones above."""
+        if self.classes:
+            return self.classes
         return 100 if self.bank_size <= 100_000 else 1000
 
 
@@ -136,10 +147,14 @@ def _case_candidates(case: Case, bank: tuple, k: int, n: int, device: torch.devi
         for start in range(0, case.bank_size, chunk):
             similarity_product(q, features[start : start + chunk]).topk(min(n, chunk), dim=1)
 
-    def run_retrieve() -> None:
-        retrieve(queries, query_labels, self_rows, features, inv_norms, class_rows, k, n)
+    def run_retrieve(strategy: str = "auto") -> Callable[[], None]:
+        return lambda: retrieve(queries, query_labels, self_rows, features, inv_norms, class_rows, k, n, strategy=strategy)
 
-    return {"matmul": matmul, "matmul_native": matmul_native, "matmul+topk": matmul_topk, "retrieve": run_retrieve}
+    candidates = {"matmul": matmul, "matmul_native": matmul_native, "matmul+topk": matmul_topk,
+                  "retrieve": run_retrieve(), "retrieve[gather]": run_retrieve("gather")}
+    if chunk >= case.bank_size:
+        candidates["retrieve[by_class]"] = run_retrieve("by_class")
+    return candidates
 
 
 def bench_retrieval(
@@ -155,7 +170,7 @@ def bench_retrieval(
     """Time and memory of `retrieve` over a grid, per device; cases that do not fit are skipped with a note.
 
     ``grid``: ``"quick"``, ``"full"`` or a dict with ``sizes``, ``dims``, ``batches``,
-    ``dtypes``. ``k``/``n`` default to the ICKD defaults (``ICKD.K``, ``ICKD.N``).
+    ``dtypes`` and optionally ``classes``. ``k``/``n`` default to the ICKD defaults (``ICKD.K``, ``ICKD.N``).
     """
     from ickd_plugin import get_ickd_defaults
 
@@ -170,10 +185,10 @@ def bench_retrieval(
         if device.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()  # blocks cached by earlier benchmarks would count as used
-        for size in spec["sizes"]:
+        for size, classes in ((size, classes) for size in spec["sizes"] for classes in spec.get("classes", (0,))):
             for dim in spec["dims"]:
                 for dtype in spec["dtypes"]:
-                    num_classes = Case(size, dim, 1, dtype).num_classes
+                    num_classes = Case(size, dim, 1, dtype, classes).num_classes
                     need = planned_bytes(size, dim, spec["batches"], dtype, num_classes)
                     free = available_memory_bytes(device)
                     if free is not None and need > _MEMORY_HEADROOM * free:
@@ -185,7 +200,7 @@ def bench_retrieval(
                         continue
                     bank = make_bank(size, dim, DTYPES[dtype], num_classes, device, seed)
                     for batch in spec["batches"]:
-                        case = Case(size, dim, batch, dtype)
+                        case = Case(size, dim, batch, dtype, classes)
                         if progress:
                             progress(f"{device} M={size} D={dim} B={batch} {dtype}")
                         rows.append(_measure_case(case, bank, k, n, device, warmup, repeats, seed))
@@ -211,6 +226,7 @@ def _measure_case(case: Case, bank: tuple, k: int, n: int, device: torch.device,
     with PeakMemory(device) as peak:
         candidates["retrieve"]()
     stats = {name: summarize(samples) for name, samples in times.items()}
+    by_class = stats.get("retrieve[by_class]")
     flops = 2.0 * case.batch * case.dim * case.bank_size
     matmul_s, retrieve_s = stats["matmul"]["median"], stats["retrieve"]["median"]
     return {
@@ -231,5 +247,7 @@ def _measure_case(case: Case, bank: tuple, k: int, n: int, device: torch.device,
         "matmul_tflops": flops / matmul_s / 1e12,
         "retrieve_effective_tflops": flops / retrieve_s / 1e12,
         "fraction_of_matmul": matmul_s / retrieve_s,
+        "retrieve_gather_median_ms": stats["retrieve[gather]"]["median"] * 1e3,
+        "retrieve_by_class_median_ms": None if by_class is None else by_class["median"] * 1e3,
         "peak_extra_bytes": peak.peak_bytes,
     }
