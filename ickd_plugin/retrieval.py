@@ -12,8 +12,9 @@ computed as one matmul per chunk of bank rows (the bank keeps ``1 / |H - c|`` pe
 no normalised or centred copy is stored), shifted, scaled and masked in place so a chunk
 holds one ``[B, chunk]`` float32 block at a time. Positives
 are read by gathering ``S`` at the sample's class rows from a ``[C, max_class_count]`` table,
-so they never look at other classes; negatives are a top-k over ``S`` with the own class
-masked. ``torch.topk`` does not say which of several equal values it returns, so
+so they never look at other classes (or, where that table would be large: few, large classes
+as in a dense bank, one class of the batch at a time, with the same result); negatives are a
+top-k over ``S`` with the own class masked. ``torch.topk`` does not say which of several equal values it returns, so
 `exact_topk` breaks ties explicitly by the lower bank row, and rows that are equal bit for
 bit get one similarity (`TieGroups`): equal rows tie whatever the chunking or device, and
 the lower one wins.
