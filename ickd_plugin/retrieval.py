@@ -353,14 +353,16 @@ def _retrieve_by_class(
     sizes = (class_rows >= 0).sum(dim=1)
     classes = torch.unique(labels)
     for c, size in zip(classes.tolist(), sizes[classes].tolist()):
-        if size < k:
-            raise ValueError(f"retrieve: a query of class {c} needs K = {k} positives; the bank holds {size} rows of it")
         queries = (labels == c).nonzero().squeeze(1)
         rows = class_rows[c, :size]
         block = sim.index_select(0, queries)
         owners = rows if row_groups is None else row_groups.index_select(0, rows)
         own = owners[None, :] == self_rows.index_select(0, queries)[:, None]
-        top, columns = exact_topk(block.index_select(1, rows).masked_fill_(own, float("-inf")), k)
+        same_class = block.index_select(1, rows).masked_fill_(own, float("-inf"))
+        if size < k:  # fewer rows than K (a shard of a sharded bank): -inf padding, as the table's
+            same_class = F.pad(same_class, (0, k - size), value=float("-inf"))
+            rows = torch.cat([rows, (rows[:1] if size else rows.new_zeros(1)).expand(k - size)])
+        top, columns = exact_topk(same_class, k)
         pos_sim[queries], pos_rows[queries] = top, rows[columns]
         top, columns = exact_topk(block.index_fill_(1, rows, float("-inf")), n)
         neg_sim[queries], neg_rows[queries] = top, columns

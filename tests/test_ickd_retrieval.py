@@ -114,6 +114,17 @@ def test_both_strategies_give_the_same_rows_bit_for_bit(dtype: torch.dtype, cent
             assert torch.equal(getattr(found[0], name), getattr(found[1], name)), name
         assert (bank.labels[found[1].pos_rows] == query_labels[:, None]).all()
         assert (bank.labels[found[1].neg_rows] != query_labels[:, None]).all()
+    # a class with fewer rows than K (as a shard of a sharded bank may hold): the same -inf padding
+    small = MemoryBank(dtype, centered=centered)
+    labels_small = torch.cat([torch.zeros(297, dtype=torch.long), torch.tensor([1, 1, 2])])
+    small.fill(features.to(dtype), labels_small, torch.arange(300), 3, "cpu")
+    query_labels = torch.tensor([1, 2, 0, 1] * 16)
+    found = [retrieve(queries, query_labels, torch.full((64,), -1), small.features, small.inv_norms, small.class_rows,
+                      5, 7, center=small.similarity_center, ties=small.ties, strategy=strategy)
+             for strategy in ("gather", "by_class")]
+    for name in ("pos_rows", "pos_sim", "neg_rows", "neg_sim"):
+        assert torch.equal(getattr(found[0], name), getattr(found[1], name)), name
+    assert torch.isinf(found[1].pos_sim[0, 2:]).all() and torch.isinf(found[1].pos_sim[1, 1:]).all()
 
 
 def test_strategy_is_chosen_by_table_size_and_checked(monkeypatch) -> None:

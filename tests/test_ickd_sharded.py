@@ -429,6 +429,24 @@ def test_one_shard_retrieval_equals_retrieve() -> None:
     assert torch.equal(pos, ref_pos) and torch.equal(neg, ref_neg)
 
 
+@pytest.mark.parametrize("kind", ["exact", "gauss_dup"])
+def test_a_shard_short_of_a_class_pads_the_same_whatever_the_strategy(kind: str, monkeypatch) -> None:
+    """A shard may hold fewer than K rows of a class: both ways of reading positives pad with -inf."""
+    from ickd_plugin import retrieval
+    from ickd_plugin.sharded_retrieval import local_candidates
+
+    data = retrieval_data(kind, torch.float32)
+    bank = ShardedMemoryBank()
+    bank.fill_shard(data["bank"][:9], data["labels"][:9], torch.arange(9), CLASSES, 9, "cpu")
+    assert int(torch.bincount(data["labels"][:9], minlength=CLASSES).min()) < K
+    args = (bank, data["queries"], data["query_labels"], data["index"], K, N)
+    gathered = local_candidates(*args)
+    monkeypatch.setattr(retrieval, "BY_CLASS_MIN_ENTRIES", 1)  # every call by class
+    by_class = local_candidates(*args)
+    assert torch.equal(gathered[0], by_class[0]) and torch.equal(gathered[1], by_class[1])
+    assert (gathered[1][:, :K] == -1).any(), "some positives must be padding, else this tests nothing"
+
+
 def test_sharded_bank_refuses_ickd_all() -> None:
     from ickd_plugin.config import get_ickd_defaults, parse_ickd_config
 
