@@ -67,7 +67,7 @@ def expand(arguments: list[str], output_dir: Path, list_name: str) -> list[str]:
             expanded.append(str(output_dir))
         elif index and arguments[index - 1] in OUTPUT_FLAGS:
             expanded.append(str(output_dir / Path(token).name))
-        elif any(char in token for char in "*?["):
+        elif "/" in token and any(char in token for char in "*?["):  # a path pattern (a column name may hold "[")
             matches = sorted(glob.glob(str(REPO / token)))
             assert matches, f"{list_name}: {token!r} matches no committed run"
             expanded += matches
