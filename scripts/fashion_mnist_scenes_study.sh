@@ -20,7 +20,8 @@ S="python3 tools/sweep.py"
 phase=${1:?"usage: $0 teacher|pilot|explore|regime|report"}
 # A fresh clone continues where the committed summaries end (copied, never over a file there;
 # the sweep skips finished runs).
-mkdir -p output/fmnist_scenes_pilot && cp -rn docs/results/runs/fmnist_scenes_pilot/. output/fmnist_scenes_pilot/
+mkdir -p output/fmnist_scenes_pilot && cp -rn docs/results/runs/fmnist_scenes_pilot/. docs/results/runs/fmnist_scenes_explore/. \
+  output/fmnist_scenes_pilot/
 case "$phase" in
   teacher)  # every student config reads output/fmnist_scenes/teacher_r14x2/student_best (16 min on 1 core
     # of a 2-core AMD EPYC); its weights are committed beside its summary
