@@ -14,10 +14,10 @@ holds one ``[B, chunk]`` float32 block at a time. Positives
 are read by gathering ``S`` at the sample's class rows from a ``[C, max_class_count]`` table,
 so they never look at other classes (or, where that table would be large: few, large classes
 as in a dense bank, one class of the batch at a time, with the same result); negatives are a
-top-k over ``S`` with the own class masked. ``torch.topk`` does not say which of several equal values it returns, so
-`exact_topk` breaks ties explicitly by the lower bank row, and rows that are equal bit for
-bit get one similarity (`TieGroups`): equal rows tie whatever the chunking or device, and
-the lower one wins.
+top-k over ``S`` with the own class masked. ``torch.topk`` does not say which of several
+equal values it returns, so `exact_topk` breaks ties explicitly by the lower bank row, and
+rows that are equal bit for bit get one similarity (`TieGroups`): equal rows tie whatever the
+chunking or device, and the lower one wins.
 """
 from __future__ import annotations
 

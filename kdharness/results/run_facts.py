@@ -110,7 +110,8 @@ def render_fit_markdown(board: Leaderboard, summaries: Sequence[RunSummary]) -> 
         rows.append([*key, str(len(last)), _mean_std(train), _mean_std(test), f"{mean(train) - mean(test):.2f}"])
     if not rows:
         return "_No complete run scored its training images (LOG.EVAL_TRAIN_SET)._\n"
-    metric = {run.metric for run in summaries}.pop() if len({run.metric for run in summaries}) == 1 else "score"
+    metrics = {run.metric for run in summaries}
+    metric = metrics.pop() if len(metrics) == 1 else "score"
     lines = [f"## fit at the last evaluation: {metric} on the run's own training images (no augmentation) and on the test set", ""]
     lines += _table([*_HEAD, "training images", "test", "gap"], rows)
     return "\n".join(lines) + "\n"
