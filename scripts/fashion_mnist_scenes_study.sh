@@ -18,10 +18,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 C=configs/fashion_mnist_scenes
 S="python3 tools/sweep.py"
 phase=${1:?"usage: $0 teacher|pilot|explore|regime|report"}
-# A fresh clone continues where the committed summaries end (copied, never over a file there;
-# the sweep skips finished runs).
-mkdir -p output/fmnist_scenes_pilot && cp -rn docs/results/runs/fmnist_scenes_pilot/. docs/results/runs/fmnist_scenes_explore/. \
-  output/fmnist_scenes_pilot/
+# A fresh clone continues where the committed summaries end: they are copied into the output
+# folder (never over a file there), where the sweep skips finished runs.
+from_committed() { [ ! -d "$1" ] || { mkdir -p "$2" && cp -rn "$1"/. "$2"/; }; }
+for part in pilot explore regime; do from_committed docs/results/runs/fmnist_scenes_$part ./output/fmnist_scenes_pilot; done
 case "$phase" in
   teacher)  # every student config reads output/fmnist_scenes/teacher_r14x2/student_best (16 min on 1 core
     # of a 2-core AMD EPYC); its weights are committed beside its summary
