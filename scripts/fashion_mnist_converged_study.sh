@@ -27,7 +27,7 @@ phase=${1:?"usage: $0 teacher|pilot|main [kd|centered|dkd|wrn16_1]|confirm|repor
 
 # A fresh clone continues where the committed summaries end: they are copied into the output
 # folder (never over a file there), where the sweep skips finished runs.
-from_committed() { mkdir -p "$2" && cp -rn "$1"/. "$2"/; }
+from_committed() { [ ! -d "$1" ] || { mkdir -p "$2" && cp -rn "$1"/. "$2"/; }; }
 from_committed docs/results/runs/fmnist_converged $OUT
 from_committed docs/results/runs/fmnist_converged_pilot ./output/fmnist_converged_pilot
 
