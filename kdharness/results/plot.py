@@ -128,7 +128,7 @@ def plot_curves(board: Leaderboard, summaries: Sequence[RunSummary], path: str, 
                     ax.plot(*zip(*train), color=colour, lw=1, ls="--", label=f"{name} train images" if index == 0 else None)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{board.metric_name([row.dataset])} (%)")
-        ax.set_title(f"{row.dataset}: {row.teacher} → {row.student} (one line per seed)")
+        ax.set_title(f"{row.dataset}: {row.teacher} → {row.student}\n(one line per seed)", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     figure.savefig(path, format="png", dpi=dpi)
