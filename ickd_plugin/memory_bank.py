@@ -32,7 +32,23 @@ from ickd_plugin.ties import find_tie_groups
 _DERIVED = ("feature_sum", "center", "tie_rows", "tie_groups", "tie_features", "tie_inv_norms")
 
 
-class MemoryBank(nn.Module):
+class CenteredSimilarity:
+    """What every bank (`MemoryBank`, `ShardedMemoryBank`) tells retrieval about ICKD.SIMILARITY.
+
+    The bank sets ``centered`` (from the config) and keeps ``center``, the mean of all its rows
+    (of every rank's rows when it is sharded).
+    """
+
+    centered: bool
+    center: torch.Tensor
+
+    @property
+    def similarity_center(self) -> torch.Tensor | None:
+        """``c`` of the centred cosine (ICKD.SIMILARITY centered), None for the plain cosine."""
+        return self.center if self.centered else None
+
+
+class MemoryBank(CenteredSimilarity, nn.Module):
     """Features ``H [R, D]``, ``1/|H_r|``, labels, dataset-index -> row map, class -> rows table.
 
     All state is in buffers (persistent or not, as the paradigm needs). They start empty;
@@ -55,11 +71,6 @@ class MemoryBank(nn.Module):
         self.register_buffer("tie_groups", torch.empty(0, dtype=torch.long), persistent=persistent)
         self.register_buffer("tie_features", torch.empty(0, 0, dtype=dtype), persistent=persistent)
         self.register_buffer("tie_inv_norms", torch.empty(0), persistent=persistent)
-
-    @property
-    def similarity_center(self) -> torch.Tensor | None:
-        """``c`` of the centred cosine (ICKD.SIMILARITY centered), None for the plain cosine."""
-        return self.center if self.centered else None
 
     @property
     def ties(self) -> TieGroups | None:

@@ -40,7 +40,9 @@ import torch.nn as nn
 
 from ickd_plugin.bank_cache import load_shard_rows, save_cache_or_warn, save_shard_rows, shard_path
 from ickd_plugin.distributed import all_reduce, communication_device, dist_world, shard_bounds
-from ickd_plugin.memory_bank import MemoryBank, class_row_table, describe_bank, feature_sum, inverse_norms, report
+from ickd_plugin.memory_bank import (
+    CenteredSimilarity, MemoryBank, class_row_table, describe_bank, feature_sum, inverse_norms, report,
+)
 from ickd_plugin.retrieval import TieGroups
 from ickd_plugin.ties import find_tie_groups
 from ickd_plugin.teacher_pass import extract_shard
@@ -50,7 +52,7 @@ CHECKPOINT_SUBDIR = "ickd_bank_shards"
 CHECKPOINT_SETS_KEPT = 2
 
 
-class ShardedMemoryBank(nn.Module):
+class ShardedMemoryBank(CenteredSimilarity, nn.Module):
     """This rank's rows of the bank: ``features [R_r, D]``, ``inv_norms``, ``labels``, ``indices``
     (dataset index of each row, ascending), ``class_rows [C, M_r]`` (local rows per class) and
     the global ``class_counts [C]``.
@@ -138,11 +140,6 @@ class ShardedMemoryBank(nn.Module):
         self.total_rows, self.start, self.stop, self.world = int(total_rows), start, stop, world
         self.key = key
         self._derive()
-
-    @property
-    def similarity_center(self) -> torch.Tensor | None:
-        """``c`` of the centred cosine (the mean of every rank's rows), None for the plain cosine."""
-        return self.center if self.centered else None
 
     @property
     def ties(self) -> TieGroups | None:
