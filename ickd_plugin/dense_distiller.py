@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ickd_plugin.config import ICKDOptions, parse_dense_config
-from ickd_plugin.dense_bank import DenseMemoryBank, extract_pixel_features, labels_at, sample_pixels
+from ickd_plugin.dense_bank import IGNORE_INDEX, DenseMemoryBank, extract_pixel_features, labels_at, sample_pixels
 from ickd_plugin.diagnostics import NAMES, step_diagnostics
 from ickd_plugin.distiller import ICKD
 from ickd_plugin.losses import warmup_factor
@@ -141,17 +141,21 @@ class DenseICKD(ICKD):
         flat_decoder = decoder.flatten(2)
         bank_has = self.bank.class_rows[:, 0] >= 0
         num_classes = bank_has.shape[0]
+
+        def in_bank(classes: torch.Tensor) -> torch.Tensor:
+            # a class the bank never sampled (visible only in this augmented view) has no context
+            real = (classes >= 0) & (classes != IGNORE_INDEX) & (classes < num_classes)
+            return real & bank_has[classes.clamp(0, num_classes - 1)]
+
         feats, labels, groups, logits = [], [], [], []
         for b in range(decoder.shape[0]):
             present = torch.unique(small[b])
-            present = present[(present >= 0) & (present != 255)]
-            # a class the bank never sampled (visible only in this augmented view) has no context
-            present = present[(present < num_classes) & (bank_has[present.clamp(0, num_classes - 1)])]
-            if present.numel() == 0:
+            usable = int(in_bank(present).sum())
+            if usable == 0:
                 continue
-            per_class = max(1, self.dense_opts.query_pixels // present.numel())
-            pixels, classes = sample_pixels(small[b], per_class)
-            keep = (classes < num_classes) & bank_has[classes.clamp(max=num_classes - 1)]
+            # every class present is drawn (the RNG stream does not depend on the bank), usable ones kept
+            pixels, classes = sample_pixels(small[b], max(1, self.dense_opts.query_pixels // usable))
+            keep = in_bank(classes)
             pixels, classes = pixels[keep], classes[keep]
             feats.append(flat_decoder[b][:, pixels].t())
             logits.append(student[b][:, pixels].t())
