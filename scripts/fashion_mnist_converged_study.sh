@@ -25,11 +25,9 @@ MAIN_SEEDS="0 1 2 3 4 5 6 7"
 CONFIRM_SEEDS="200 201 202 203 204 205 206 207"
 phase=${1:?"usage: $0 teacher|pilot|main [kd|centered|dkd|wrn16_1]|confirm|report"}
 
-# A fresh clone continues where the committed summaries end: they are copied into the output
-# folder (never over a file there), where the sweep skips finished runs.
-from_committed() { [ ! -d "$1" ] || { mkdir -p "$2" && cp -rn "$1"/. "$2"/; }; }
-from_committed docs/results/runs/fmnist_converged $OUT
-from_committed docs/results/runs/fmnist_converged_pilot ./output/fmnist_converged_pilot
+# A fresh clone continues where the committed summaries end (the sweep skips finished runs).
+bash scripts/restore_runs.sh $OUT docs/results/runs/fmnist_converged
+bash scripts/restore_runs.sh ./output/fmnist_converged_pilot docs/results/runs/fmnist_converged_pilot
 
 # Seed by seed, so an interrupted phase leaves whole pairs rather than whole methods.
 by_seed() {  # by_seed "SEEDS" CFG... [-- KEY VALUE...]

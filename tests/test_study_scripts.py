@@ -1,4 +1,4 @@
-"""The studies' shared shell helpers: scripts/study_teacher.sh and scripts/run_report.sh."""
+"""The studies' shared shell helpers: scripts/study_teacher.sh, scripts/restore_runs.sh and scripts/run_report.sh."""
 from __future__ import annotations
 
 import json
@@ -53,3 +53,19 @@ def test_run_report_runs_every_line_of_the_list(tmp_path: Path) -> None:
     assert "70.50 ± – (1)" in result.stdout and "| cifar100 | resnet32x4 | resnet8x4 | KD | 1 | 1.0 | 1 |" in result.stdout
     missing = bash("scripts/run_report.sh", str(tmp_path / "absent.txt"))
     assert missing.returncode == 2 and "no report list" in missing.stderr
+
+
+def test_restore_runs_copies_committed_runs_without_overwriting_and_skips_absent_folders(tmp_path: Path) -> None:
+    first, second, out = tmp_path / "a", tmp_path / "b", tmp_path / "output"
+    (first / "kd,SEED:0").mkdir(parents=True)
+    (first / "kd,SEED:0" / "summary.json").write_text("committed kd")
+    (second / "dkd,SEED:0").mkdir(parents=True)
+    (second / "dkd,SEED:0" / "summary.json").write_text("committed dkd")
+    (out / "kd,SEED:0").mkdir(parents=True)
+    (out / "kd,SEED:0" / "summary.json").write_text("local kd")  # a run here wins over the committed one
+    result = bash("scripts/restore_runs.sh", str(out), str(first), str(tmp_path / "absent"), str(second))
+    assert result.returncode == 0, result.stderr
+    assert (out / "kd,SEED:0" / "summary.json").read_text() == "local kd"
+    assert (out / "dkd,SEED:0" / "summary.json").read_text() == "committed dkd"
+    nothing = bash("scripts/restore_runs.sh", str(tmp_path / "fresh"), str(tmp_path / "absent"))
+    assert nothing.returncode == 0 and not (tmp_path / "fresh").exists()
