@@ -19,11 +19,9 @@ C=configs/fashion_mnist_scenes
 S="python3 tools/sweep.py"
 MAIN_SEEDS="0 1 2 3 4 5"
 phase=${1:?"usage: $0 teacher|pilot|explore|regime|main|report"}
-# A fresh clone continues where the committed summaries end: they are copied into the output
-# folder (never over a file there), where the sweep skips finished runs.
-from_committed() { [ ! -d "$1" ] || { mkdir -p "$2" && cp -rn "$1"/. "$2"/; }; }
-for part in pilot explore regime; do from_committed docs/results/runs/fmnist_scenes_$part ./output/fmnist_scenes_pilot; done
-from_committed docs/results/runs/fmnist_scenes_main ./output/fmnist_scenes_main
+# A fresh clone continues where the committed summaries end (the sweep skips finished runs).
+bash scripts/restore_runs.sh ./output/fmnist_scenes_pilot docs/results/runs/fmnist_scenes_{pilot,explore,regime}
+bash scripts/restore_runs.sh ./output/fmnist_scenes_main docs/results/runs/fmnist_scenes_main
 # Every student config reads the teacher's weights from there.
 need_teacher() { [ -f output/fmnist_scenes/teacher_r14x2/student_best ] || { echo "error: run the teacher phase first" >&2; exit 2; }; }
 case "$phase" in
