@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A fresh clone continues a study where its committed summaries end: each COMMITTED folder's runs
 # are copied into OUTPUT (never over a file already there), where tools/sweep.py skips finished runs.
-# A committed folder that does not exist is skipped.
+# A committed folder that does not exist is skipped. Paths are relative to the repository root.
 #   bash scripts/restore_runs.sh OUTPUT COMMITTED...
 set -euo pipefail
 cd "$(dirname "$0")/.."
